@@ -1,0 +1,141 @@
+"""App authentication and profile endpoints. One view per operation; services do the work."""
+
+from __future__ import annotations
+
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers, status
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from tenants import services
+from tenants.auth import sessions
+from tenants.auth.throttle import login_throttle
+from tenants.errors import InvalidCredentials
+from tenants.models import User
+
+
+class TokenPairSerializer(serializers.Serializer):
+    token_type = serializers.CharField()
+    access = serializers.CharField()
+    expires_in = serializers.IntegerField()
+    refresh = serializers.CharField()
+    refresh_expires_in = serializers.IntegerField()
+
+
+class UserOutputSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    email = serializers.EmailField()
+    display_name = serializers.CharField()
+    tenant = serializers.CharField(source="tenant.slug")
+    date_joined = serializers.DateTimeField()
+
+
+def _user_agent(request: Request) -> str:
+    return request.META.get("HTTP_USER_AGENT", "")
+
+
+class RegisterApi(APIView):
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    class InputSerializer(serializers.Serializer):
+        email = serializers.EmailField(max_length=254)
+        password = serializers.CharField(max_length=512, trim_whitespace=False)
+        display_name = serializers.CharField(max_length=150, required=False, allow_blank=True, default="")
+
+    @extend_schema(request=InputSerializer, responses={201: UserOutputSerializer}, operation_id="auth_register")
+    def post(self, request: Request) -> Response:
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        user = services.user_register(tenant=request._request.tenant, **data.validated_data)
+        return Response(UserOutputSerializer(user).data, status=status.HTTP_201_CREATED)
+
+
+class TokenObtainApi(APIView):
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    class InputSerializer(serializers.Serializer):
+        email = serializers.CharField(max_length=254)
+        password = serializers.CharField(max_length=512, trim_whitespace=False)
+
+    @extend_schema(request=InputSerializer, responses={200: TokenPairSerializer}, operation_id="auth_token")
+    def post(self, request: Request) -> Response:
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        tenant = request._request.tenant
+        email, password = data.validated_data["email"], data.validated_data["password"]
+        login_throttle(request=request._request, tenant=tenant, email=email)
+        from django.contrib.auth import authenticate
+
+        user = authenticate(request._request, tenant=tenant, email=email, password=password)
+        if user is None:
+            raise InvalidCredentials()
+        pair = sessions.session_start(user=user, user_agent=_user_agent(request))
+        return Response(pair.as_response())
+
+
+class TokenRefreshApi(APIView):
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    class InputSerializer(serializers.Serializer):
+        refresh = serializers.CharField(max_length=200)
+
+    @extend_schema(request=InputSerializer, responses={200: TokenPairSerializer},
+                   operation_id="auth_token_refresh")
+    def post(self, request: Request) -> Response:
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        pair = sessions.session_refresh(tenant=request._request.tenant,
+                                        refresh_token=data.validated_data["refresh"])
+        return Response(pair.as_response())
+
+
+class LogoutApi(APIView):
+    """End a session: by its refresh token in the body, or the session of the bearer access token."""
+
+    permission_classes = [AllowAny]
+
+    class InputSerializer(serializers.Serializer):
+        refresh = serializers.CharField(max_length=200, required=False)
+
+    @extend_schema(request=InputSerializer, responses={204: None}, operation_id="auth_logout")
+    def post(self, request: Request) -> Response:
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        tenant = request._request.tenant
+        refresh = data.validated_data.get("refresh")
+        if refresh:
+            sessions.session_revoke_by_refresh(tenant=tenant, refresh_token=refresh)
+        elif request.user is not None:
+            sessions.session_revoke(tenant=tenant, session_id=request.auth["sid"])
+        else:
+            from wallet.core.errors import NotAuthenticated
+
+            raise NotAuthenticated("Send a refresh token or an access token.")
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class MeApi(APIView):
+    @extend_schema(responses={200: UserOutputSerializer}, operation_id="me_get")
+    def get(self, request: Request) -> Response:
+        user: User = request.user
+        return Response(UserOutputSerializer(user).data)
+
+
+class PasswordChangeApi(APIView):
+    class InputSerializer(serializers.Serializer):
+        current_password = serializers.CharField(max_length=512, trim_whitespace=False)
+        new_password = serializers.CharField(max_length=512, trim_whitespace=False)
+
+    @extend_schema(request=InputSerializer, responses={200: TokenPairSerializer},
+                   operation_id="me_password_change")
+    def post(self, request: Request) -> Response:
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        pair = services.user_change_password(user=request.user, user_agent=_user_agent(request),
+                                             **data.validated_data)
+        return Response(pair.as_response())

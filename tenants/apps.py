@@ -1,0 +1,14 @@
+from django.apps import AppConfig
+from django.contrib.admin.apps import AdminConfig
+
+
+class TenantsConfig(AppConfig):
+    name = "tenants"
+    verbose_name = "Tenants and access"
+    default_auto_field = "django.db.models.BigAutoField"
+
+
+class WalletAdminConfig(AdminConfig):
+    """Django admin with the tenant-aware site (tenant staff see only their tenant)."""
+
+    default_site = "tenants.admin_site.TenantAdminSite"

@@ -1,0 +1,67 @@
+"""`manage.py seed_demo`: the demo tenant for `make run` (idempotent: running it twice changes nothing).
+
+Creates tenant `demo` with an app key, an app user and a tenant owner for the admin, and a platform
+superuser. Passwords are fixed development values and the command refuses to run in production.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import transaction
+
+from tenants import services
+from tenants.models import AppKey, Membership, Tenant, User
+
+DEMO = {
+    "slug": "demo",
+    "name": "Demo Wallet",
+    "app_user": ("alice@demo.example", "demo-password-alice"),
+    "second_user": ("bob@demo.example", "demo-password-bob"),
+    "owner": ("owner@demo.example", "demo-password-owner"),
+    "superuser": ("admin@platform.example", "demo-password-admin"),
+}
+
+
+class Command(BaseCommand):
+    help = "Seed the demo tenant, users and app key (development only)."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--json", action="store_true", help="print the credentials as JSON")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        if getattr(settings, "PRODUCTION", False):
+            raise CommandError("seed_demo refuses to run with production settings")
+        with transaction.atomic():
+            tenant = Tenant.objects.filter(slug=DEMO["slug"]).first()
+            if tenant is None:
+                tenant, _ = services.tenant_create(slug=DEMO["slug"], name=DEMO["name"],
+                                                   actor_repr="manage.py seed_demo")
+            key = AppKey.all_tenants.filter(tenant=tenant, revoked_at__isnull=True).order_by("created_at").first()
+            if key is None:
+                key = services.app_key_create(tenant=tenant, label="demo")
+            for email, password in (DEMO["app_user"], DEMO["second_user"]):
+                if not User.objects.filter(tenant=tenant, email__iexact=email).exists():
+                    services.user_create(tenant=tenant, email=email, password=password)
+            owner_email, owner_password = DEMO["owner"]
+            if not User.objects.filter(tenant=tenant, email__iexact=owner_email).exists():
+                services.staff_create(tenant=tenant, email=owner_email, role=Membership.Role.OWNER,
+                                      password=owner_password)
+            su_email, su_password = DEMO["superuser"]
+            if not User.objects.filter(tenant__isnull=True, email__iexact=su_email).exists():
+                User.objects.create_superuser(username="admin", email=su_email, password=su_password)
+        creds = {
+            "tenant": tenant.slug,
+            "app_key": key.key,
+            "app_user": {"email": DEMO["app_user"][0], "password": DEMO["app_user"][1]},
+            "second_app_user": {"email": DEMO["second_user"][0], "password": DEMO["second_user"][1]},
+            "tenant_owner": {"organisation": tenant.slug, "email": owner_email, "password": owner_password},
+            "platform_admin": {"username": "admin", "password": su_password},
+        }
+        if options["json"]:
+            self.stdout.write(json.dumps(creds))
+            return
+        self.stdout.write(json.dumps(creds, indent=2))

@@ -1,0 +1,108 @@
+"""Shared fixtures: tenants, users, app clients and a clean cache per test."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.core.cache import cache
+from rest_framework.test import APIClient
+
+from tenants import services
+from tenants.auth.jwt import verified_tokens
+from tenants.auth.sessions import session_start
+from tenants.models import Membership, Tenant, User
+from tenants.selectors import app_key_cache
+from tests.factories import TenantFactory, UserFactory
+
+
+@pytest.fixture(autouse=True)
+def _fast_and_isolated(settings: Any) -> Iterator[None]:
+    # Argon2 is the production hasher; tests hash hundreds of passwords.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    settings.LOG_REQUESTS = False
+    cache.clear()
+    app_key_cache.clear()
+    verified_tokens.clear()
+    yield
+    cache.clear()
+
+
+class AppClient(APIClient):
+    """An API client for one tenant's app: sends its X-App-Key on every request."""
+
+    def __init__(self, app_key: str | None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.app_key = app_key
+        if app_key is not None:
+            self.credentials(HTTP_X_APP_KEY=app_key)
+
+    def login_as(self, user: User) -> dict[str, Any]:
+        """Authenticate as `user` with a real token pair; returns it."""
+        pair = session_start(user=user).as_response()
+        self.credentials(HTTP_X_APP_KEY=self.app_key, HTTP_AUTHORIZATION=f"Bearer {pair['access']}")
+        return pair
+
+
+@pytest.fixture
+def tenant_a(db: Any) -> Tenant:
+    return TenantFactory(slug="tenant-a", name="Tenant A")
+
+
+@pytest.fixture
+def tenant_b(db: Any) -> Tenant:
+    return TenantFactory(slug="tenant-b", name="Tenant B")
+
+
+def app_key_of(tenant: Tenant) -> str:
+    from tenants.models import AppKey
+
+    return AppKey.all_tenants.filter(tenant=tenant, revoked_at__isnull=True).order_by("created_at").first().key
+
+
+@pytest.fixture
+def user_a(tenant_a: Tenant) -> User:
+    return UserFactory(tenant=tenant_a, email="alice@example.com")
+
+
+@pytest.fixture
+def user_b(tenant_b: Tenant) -> User:
+    return UserFactory(tenant=tenant_b, email="bob@example.com")
+
+
+@pytest.fixture
+def client_a(tenant_a: Tenant) -> AppClient:
+    return AppClient(app_key_of(tenant_a))
+
+
+@pytest.fixture
+def client_b(tenant_b: Tenant) -> AppClient:
+    return AppClient(app_key_of(tenant_b))
+
+
+def make_staff(tenant: Tenant, role: str, email: str | None = None) -> User:
+    user, _ = services.staff_create(tenant=tenant, email=email or f"{role}@{tenant.slug}.example", role=role,
+                                    password="staff-password-123")
+    return user
+
+
+@pytest.fixture
+def owner_a(tenant_a: Tenant) -> User:
+    return make_staff(tenant_a, Membership.Role.OWNER)
+
+
+@pytest.fixture
+def admin_a(tenant_a: Tenant) -> User:
+    return make_staff(tenant_a, Membership.Role.ADMIN)
+
+
+@pytest.fixture
+def owner_b(tenant_b: Tenant) -> User:
+    return make_staff(tenant_b, Membership.Role.OWNER)
+
+
+@pytest.fixture
+def superuser(db: Any) -> User:
+    return User.objects.create_superuser(username="root", email="root@platform.example",
+                                         password="root-password-123")

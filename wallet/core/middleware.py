@@ -1,0 +1,86 @@
+"""Edge middleware: request ids, body size limit and JSON errors for the whole API surface."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse
+from django.utils.functional import empty
+
+from wallet.core.context import request_id_var, user_id_var
+from wallet.core.errors import PayloadTooLarge, problem_response
+
+logger = logging.getLogger("wallet.request")
+
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+class RequestIdMiddleware:
+    """Accept a well-formed `X-Request-ID` or make one; echo it and put it in every log line."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        incoming = request.META.get("HTTP_X_REQUEST_ID", "")
+        request_id = incoming if _REQUEST_ID_RE.match(incoming) else uuid.uuid4().hex
+        request.request_id = request_id  # type: ignore[attr-defined]
+        token = request_id_var.set(request_id)
+        user_token = user_id_var.set(None)
+        started = time.perf_counter()
+        try:
+            response = self.get_response(request)
+            response["X-Request-ID"] = request_id
+            if settings.LOG_REQUESTS:
+                logger.info(
+                    "request",
+                    extra={
+                        "tenant": getattr(getattr(request, "tenant", None), "slug", None),
+                        "user": _loaded_user_id(request),
+                        "method": request.method,
+                        "path": request.path,
+                        "status": response.status_code,
+                        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                    },
+                )
+            return response
+        finally:
+            user_id_var.reset(user_token)
+            request_id_var.reset(token)
+
+
+def _loaded_user_id(request: HttpRequest) -> str | None:
+    """The authenticated user's id if authentication already ran (never triggers a query)."""
+    user = request.__dict__.get("user")
+    if user is None:
+        return None
+    wrapped = getattr(user, "_wrapped", user)
+    if wrapped is empty or not getattr(wrapped, "is_authenticated", False):
+        return None
+    return str(wrapped.pk)
+
+
+class BodySizeMiddleware:
+    """Refuse bodies over `API_MAX_BODY_BYTES` with 413 before anything reads them."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+        self.limit = settings.API_MAX_BODY_BYTES
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        length = request.META.get("CONTENT_LENGTH") or "0"
+        try:
+            too_big = int(length) > self.limit
+        except ValueError:
+            too_big = False
+        if too_big and request.path.startswith("/api/"):
+            return problem_response(
+                PayloadTooLarge(f"The body may not exceed {self.limit} bytes.", limit=self.limit),
+                instance=request.path,
+            )
+        return self.get_response(request)
