@@ -7,6 +7,9 @@ class TenantsConfig(AppConfig):
     verbose_name = "Tenants and access"
     default_auto_field = "django.db.models.BigAutoField"
 
+    def ready(self) -> None:
+        from tenants.auth import schema  # noqa: F401  (registers the OpenAPI auth extension)
+
 
 class WalletAdminConfig(AdminConfig):
     """Django admin with the tenant-aware site (tenant staff see only their tenant)."""

@@ -6,7 +6,7 @@ import os
 
 from celery import Celery
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "wallet.settings")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "wallet.settings.development")
 
 app = Celery("wallet")
 app.config_from_object("django.conf:settings", namespace="CELERY")

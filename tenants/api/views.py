@@ -40,14 +40,14 @@ class RegisterApi(APIView):
     authentication_classes: list = []
     permission_classes = [AllowAny]
 
-    class InputSerializer(serializers.Serializer):
+    class RegisterInputSerializer(serializers.Serializer):
         email = serializers.EmailField(max_length=254)
         password = serializers.CharField(max_length=512, trim_whitespace=False)
         display_name = serializers.CharField(max_length=150, required=False, allow_blank=True, default="")
 
-    @extend_schema(request=InputSerializer, responses={201: UserOutputSerializer}, operation_id="auth_register")
+    @extend_schema(request=RegisterInputSerializer, responses={201: UserOutputSerializer}, operation_id="auth_register")
     def post(self, request: Request) -> Response:
-        data = self.InputSerializer(data=request.data)
+        data = self.RegisterInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         user = services.user_register(tenant=request._request.tenant, **data.validated_data)
         return Response(UserOutputSerializer(user).data, status=status.HTTP_201_CREATED)
@@ -57,13 +57,13 @@ class TokenObtainApi(APIView):
     authentication_classes: list = []
     permission_classes = [AllowAny]
 
-    class InputSerializer(serializers.Serializer):
+    class TokenObtainInputSerializer(serializers.Serializer):
         email = serializers.CharField(max_length=254)
         password = serializers.CharField(max_length=512, trim_whitespace=False)
 
-    @extend_schema(request=InputSerializer, responses={200: TokenPairSerializer}, operation_id="auth_token")
+    @extend_schema(request=TokenObtainInputSerializer, responses={200: TokenPairSerializer}, operation_id="auth_token")
     def post(self, request: Request) -> Response:
-        data = self.InputSerializer(data=request.data)
+        data = self.TokenObtainInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         tenant = request._request.tenant
         email, password = data.validated_data["email"], data.validated_data["password"]
@@ -81,13 +81,13 @@ class TokenRefreshApi(APIView):
     authentication_classes: list = []
     permission_classes = [AllowAny]
 
-    class InputSerializer(serializers.Serializer):
+    class TokenRefreshInputSerializer(serializers.Serializer):
         refresh = serializers.CharField(max_length=200)
 
-    @extend_schema(request=InputSerializer, responses={200: TokenPairSerializer},
+    @extend_schema(request=TokenRefreshInputSerializer, responses={200: TokenPairSerializer},
                    operation_id="auth_token_refresh")
     def post(self, request: Request) -> Response:
-        data = self.InputSerializer(data=request.data)
+        data = self.TokenRefreshInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         pair = sessions.session_refresh(tenant=request._request.tenant,
                                         refresh_token=data.validated_data["refresh"])
@@ -99,12 +99,12 @@ class LogoutApi(APIView):
 
     permission_classes = [AllowAny]
 
-    class InputSerializer(serializers.Serializer):
+    class LogoutInputSerializer(serializers.Serializer):
         refresh = serializers.CharField(max_length=200, required=False)
 
-    @extend_schema(request=InputSerializer, responses={204: None}, operation_id="auth_logout")
+    @extend_schema(request=LogoutInputSerializer, responses={204: None}, operation_id="auth_logout")
     def post(self, request: Request) -> Response:
-        data = self.InputSerializer(data=request.data)
+        data = self.LogoutInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         tenant = request._request.tenant
         refresh = data.validated_data.get("refresh")
@@ -127,14 +127,14 @@ class MeApi(APIView):
 
 
 class PasswordChangeApi(APIView):
-    class InputSerializer(serializers.Serializer):
+    class PasswordChangeInputSerializer(serializers.Serializer):
         current_password = serializers.CharField(max_length=512, trim_whitespace=False)
         new_password = serializers.CharField(max_length=512, trim_whitespace=False)
 
-    @extend_schema(request=InputSerializer, responses={200: TokenPairSerializer},
+    @extend_schema(request=PasswordChangeInputSerializer, responses={200: TokenPairSerializer},
                    operation_id="me_password_change")
     def post(self, request: Request) -> Response:
-        data = self.InputSerializer(data=request.data)
+        data = self.PasswordChangeInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         pair = services.user_change_password(user=request.user, user_agent=_user_agent(request),
                                              **data.validated_data)

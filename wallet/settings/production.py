@@ -10,10 +10,8 @@ import os
 
 from django.core.exceptions import ImproperlyConfigured
 
-os.environ.setdefault("DEBUG", "0")
-
-from wallet.settings import *  # noqa: F403
-from wallet.settings import env_bool, env_int
+from wallet.settings.base import *  # noqa: F403
+from wallet.settings.base import env_bool, env_int
 
 if DEBUG:  # noqa: F405
     raise ImproperlyConfigured("Production settings refuse DEBUG=1.")
