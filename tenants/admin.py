@@ -72,7 +72,8 @@ class AppKeyAdmin(TenantScopedAdmin):
 
 
 class UserAdminForm(forms.ModelForm):
-    password = forms.CharField(
+    # Not named `password`: that is the model's hash field, which the form must never write.
+    new_password = forms.CharField(
         label="Password", widget=forms.PasswordInput(render_value=False), required=False, strip=False,
         help_text="Set on creation; leave empty on change to keep the current password.",
     )
@@ -83,15 +84,22 @@ class UserAdminForm(forms.ModelForm):
 
     def clean(self) -> dict:
         data = super().clean()
-        password = data.get("password")
-        if not self.instance.pk and not password:
-            self.add_error("password", "A password is required for a new user.")
+        password = data.get("new_password")
+        adding = self.instance._state.adding  # (UUID primary keys are set before the first save)
+        if adding and not password:
+            self.add_error("new_password", "A password is required for a new user.")
         if password:
             try:
                 validate_password(password, user=self.instance)
             except ValidationError as exc:
-                self.add_error("password", exc)
-        email, tenant = data.get("email"), data.get("tenant", self.instance.tenant if self.instance.pk else None)
+                self.add_error("new_password", exc)
+        email = data.get("email")
+        if "tenant" in self.fields:
+            tenant = data.get("tenant")
+        elif not adding:
+            tenant = self.instance.tenant
+        else:
+            tenant = getattr(self, "forced_tenant", None)
         if email is not None:
             clash = User.objects.filter(email__iexact=email, tenant=tenant).exclude(pk=self.instance.pk)
             if clash.exists():
@@ -111,12 +119,28 @@ class UserAdmin(TenantScopedAdmin):
     delete_roles = frozenset()
 
     def get_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
-        fields = ["tenant", "email", "display_name", "password", "is_active", "is_staff", "is_superuser"]
+        fields = ["tenant", "email", "display_name", "new_password", "is_active", "is_staff", "is_superuser"]
         if not request.user.is_superuser:
             fields = [f for f in fields if f not in self.superuser_only_fields]
         if staff_role(request) == Membership.Role.SUPPORT:
-            fields = [f for f in fields if f != "password"]
+            fields = [f for f in fields if f != "new_password"]
         return fields
+
+    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
+        form = super().get_form(request, obj, change=change, **kwargs)
+        if not request.user.is_superuser:
+            form.forced_tenant = request.user.tenant
+        return form
+
+    def has_change_permission(self, request: HttpRequest, obj: User | None = None) -> bool:
+        allowed = super().has_change_permission(request, obj)
+        if not allowed or obj is None or request.user.is_superuser or obj.pk == request.user.pk:
+            return allowed
+        membership = Membership.all_tenants.filter(user=obj).first()
+        if membership is None:
+            return True  # an app user
+        # Staff accounts: support never edits them; nobody edits a member who outranks them.
+        return staff_role(request) != Membership.Role.SUPPORT and role_at_least(request, membership.role)
 
     def save_model(self, request: HttpRequest, obj: User, form: Any, change: bool) -> None:
         if not request.user.is_superuser:
@@ -124,7 +148,7 @@ class UserAdmin(TenantScopedAdmin):
             obj.is_superuser = False
             if not change:
                 obj.is_staff = False  # staff are made through memberships
-        password = form.cleaned_data.get("password")
+        password = form.cleaned_data.get("new_password")
         if password:
             obj.set_password(password)
             if change:

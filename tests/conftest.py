@@ -11,7 +11,7 @@ from rest_framework.test import APIClient
 
 from tenants import services
 from tenants.auth.jwt import verified_tokens
-from tenants.auth.sessions import session_start
+from tenants.auth.sessions import auth_state_cache, session_start
 from tenants.models import Membership, Tenant, User
 from tenants.selectors import app_key_cache
 from tests.factories import TenantFactory, UserFactory
@@ -25,6 +25,7 @@ def _fast_and_isolated(settings: Any) -> Iterator[None]:
     cache.clear()
     app_key_cache.clear()
     verified_tokens.clear()
+    auth_state_cache.clear()
     yield
     cache.clear()
 

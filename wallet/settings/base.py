@@ -112,7 +112,9 @@ DATABASES = {
     "default": dj_database_url.parse(
         DATABASE_URL or f"sqlite:///{VAR_DIR / 'db.sqlite3'}",
         conn_max_age=CONN_MAX_AGE,
-        conn_health_checks=True,
+        # A health check costs a round trip per request; without it, a request that finds its persistent
+        # connection dead after a database restart fails once and the connection is replaced.
+        conn_health_checks=env_bool("CONN_HEALTH_CHECKS", default=False),
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
@@ -197,6 +199,10 @@ NUM_PROXIES = env_int("NUM_PROXIES", 0)
 # How long a tenant or app key lookup is cached in each process (suspensions and revocations apply
 # within this many seconds).
 TENANT_CACHE_SECONDS = env_int("TENANT_CACHE_SECONDS", 5)
+
+# How long a process trusts a (session, user) pair it found live; revocations made in another process
+# apply within this many seconds (0: check the database on every request).
+AUTH_CACHE_SECONDS = env_int("AUTH_CACHE_SECONDS", 2)
 
 # --- API ------------------------------------------------------------------------------------------------
 API_MAX_BODY_BYTES = env_int("API_MAX_BODY_BYTES", 1024 * 1024)
