@@ -56,6 +56,9 @@ INSTALLED_APPS = [
     "daphne",  # its runserver speaks ASGI (websockets) in development
     "wallet.core.apps.CoreConfig",
     "tenants.apps.TenantsConfig",
+    "wallet.events.apps.EventsConfig",
+    "wallet.idempotency.apps.IdempotencyConfig",
+    "wallet.ledger.apps.LedgerConfig",
     "tenants.apps.WalletAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
