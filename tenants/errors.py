@@ -15,5 +15,6 @@ RefreshTokenReused = error_class(
     "refresh_token_reused", 401, "The refresh token was already used; its whole session is revoked"
 )
 EmailTaken = error_class("email_taken", 409, "An account with this email already exists")
+HandleTaken = error_class("handle_taken", 409, "This handle is already taken")
 PasswordTooWeak = error_class("password_too_weak", 400, "The password is too weak")
 WrongPassword = error_class("wrong_password", 400, "The current password is incorrect")

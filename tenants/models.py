@@ -20,6 +20,11 @@ slug_validator = RegexValidator(
 )
 
 
+handle_validator = RegexValidator(
+    r"^[a-z0-9_]{3,30}$", "A handle is 3-30 lowercase letters, digits and underscores."
+)
+
+
 class Tenant(models.Model):
     class Status(models.TextChoices):
         ACTIVE = "active", "Active"
@@ -96,6 +101,8 @@ class User(AbstractBaseUser, PermissionsMixin):
     username = models.CharField(max_length=320, unique=True, editable=False)
     email = models.EmailField(max_length=254)
     display_name = models.CharField(max_length=150, blank=True)
+    # A public name other users of the tenant can send money to (unique per tenant, ignoring case).
+    handle = models.CharField(max_length=30, null=True, blank=True, validators=[handle_validator])
     is_active = models.BooleanField(default=True)
     is_staff = models.BooleanField(default=False, help_text="May log into the admin.")
     date_joined = models.DateTimeField(default=timezone.now)
@@ -115,6 +122,8 @@ class User(AbstractBaseUser, PermissionsMixin):
             models.UniqueConstraint(
                 Lower("email"), condition=models.Q(tenant__isnull=True), name="user_email_unique_platform"
             ),
+            models.UniqueConstraint(Lower("handle"), "tenant", condition=models.Q(handle__isnull=False),
+                                    name="user_handle_unique_per_tenant"),
         ]
 
     def __str__(self) -> str:

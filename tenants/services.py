@@ -12,7 +12,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from tenants.auth.sessions import TokenPair, session_start, sessions_revoke_all
-from tenants.errors import EmailTaken, PasswordTooWeak, WrongPassword
+from tenants.errors import EmailTaken, HandleTaken, PasswordTooWeak, WrongPassword
 from tenants.models import AppKey, AuditLogEntry, Membership, Tenant, User
 from tenants.selectors import app_key_cache
 from wallet.core.context import request_id_var
@@ -95,10 +95,11 @@ def app_key_rotate(*, tenant: Tenant, revoke_previous: bool = False, label: str 
 
 
 def user_create(*, tenant: Tenant | None, email: str, password: str | None, display_name: str = "",
-                is_staff: bool = False) -> User:
-    """Create a user of `tenant`; email unique per tenant ignoring case (a database constraint)."""
+                is_staff: bool = False, handle: str | None = None) -> User:
+    """Create a user of `tenant`; email (and handle) unique per tenant ignoring case (database constraints)."""
     email = User.objects.normalize_email(email.strip())
-    user = User(tenant=tenant, email=email, display_name=display_name, is_staff=is_staff)
+    handle = handle.strip().lower() if handle else None
+    user = User(tenant=tenant, email=email, display_name=display_name, is_staff=is_staff, handle=handle)
     if password is None:
         user.set_unusable_password()
     else:
@@ -106,17 +107,22 @@ def user_create(*, tenant: Tenant | None, email: str, password: str | None, disp
         user.set_password(password)
     if User.objects.filter(tenant=tenant, email__iexact=email).exists():
         raise EmailTaken()
+    if handle and User.objects.filter(tenant=tenant, handle__iexact=handle).exists():
+        raise HandleTaken()
     try:
         with transaction.atomic():
             user.save()
     except IntegrityError as exc:  # a concurrent registration won the race
+        if handle and User.objects.filter(tenant=tenant, handle__iexact=handle).exists():
+            raise HandleTaken() from exc
         raise EmailTaken() from exc
     return user
 
 
-def user_register(*, tenant: Tenant, email: str, password: str, display_name: str = "") -> User:
+def user_register(*, tenant: Tenant, email: str, password: str, display_name: str = "",
+                  handle: str | None = None) -> User:
     """Self-service sign-up from the app."""
-    return user_create(tenant=tenant, email=email, password=password, display_name=display_name)
+    return user_create(tenant=tenant, email=email, password=password, display_name=display_name, handle=handle)
 
 
 def user_change_password(*, user: User, current_password: str, new_password: str,

@@ -30,6 +30,19 @@ def _fast_and_isolated(settings: Any) -> Iterator[None]:
     cache.clear()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _close_stray_connections(django_db_setup: Any, django_db_blocker: Any) -> Iterator[None]:
+    """Threads of async tests (asgiref's executor) keep their own connections; end them before the test
+    database is dropped, or PostgreSQL refuses to drop a database in use."""
+    yield
+    from django.db import connection
+
+    if connection.vendor == "postgresql":
+        with django_db_blocker.unblock(), connection.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                           "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+
+
 class AppClient(APIClient):
     """An API client for one tenant's app: sends its X-App-Key on every request."""
 

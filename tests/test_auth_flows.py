@@ -220,3 +220,13 @@ def test_app_key_rotation_keeps_old_keys_live_until_revoked(tenant_a: Tenant, us
         client = AppClient(key)
         client.login_as(user_a)
         assert client.get("/api/v1/me").status_code == 200
+
+
+def test_me_output_matches_its_documented_serializer(client_a: AppClient, user_a: User) -> None:
+    from tenants.api.views import UserOutputSerializer, user_output
+
+    User.objects.filter(pk=user_a.pk).update(handle="alice_a", display_name="Alice")
+    user_a.refresh_from_db()
+    assert user_output(user_a) == dict(UserOutputSerializer(user_a).data)
+    client_a.login_as(user_a)
+    assert client_a.get("/api/v1/me").json() == dict(UserOutputSerializer(user_a).data)

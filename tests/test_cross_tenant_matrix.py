@@ -38,6 +38,8 @@ from tenants.models import AppKey, Membership, Tenant, User
 from tenants.scoping import access_by_id
 from tests.conftest import AppClient, app_key_of, make_staff
 from tests.factories import DEFAULT_PASSWORD, TenantFactory, UserFactory
+from tests.ledger_helpers import account, enable, fund
+from wallet.ledger import services as ledger_services
 
 API_PREFIX = "api/v1/"
 STAFF_PASSWORD = "staff-password-123"  # what `make_staff` gives every staff member
@@ -141,6 +143,7 @@ class World:
     user_b: User
     owner_b: User
     tokens_a: dict[str, Any]  # a live token pair of user_a (from tenant A's app)
+    money_a: dict[str, Any] = field(default_factory=dict)  # user_a's account, a transfer and a hold
 
     def client_of_a(self, user: User) -> AppClient:
         client = AppClient(app_key_of(self.tenant_a))
@@ -207,7 +210,9 @@ def leaked(response: HttpResponse, prints: set[str]) -> list[str]:
 def send(client: AppClient, method: str, url: str, body: dict[str, Any] | None) -> HttpResponse:
     if method in ("GET", "DELETE") and not body:
         return client.generic(method, url)
-    return client.generic(method, url, json.dumps(body or {}), content_type="application/json")
+    # Writes that move money need an Idempotency-Key; a fresh one, so that the route itself answers.
+    return client.generic(method, url, json.dumps(body or {}), content_type="application/json",
+                          HTTP_IDEMPOTENCY_KEY=uuid.uuid4().hex)
 
 
 def problem_code(response: HttpResponse) -> str | None:
@@ -256,12 +261,19 @@ class ActionCase:
 Case = ObjectCase | ReadCase | ActionCase
 
 
+def cases_of(value: Case | tuple[Case, ...] | None) -> tuple[Case, ...]:
+    """A route serving two operations (GET lists, POST creates) registers a tuple of cases."""
+    if value is None:
+        return ()
+    return value if isinstance(value, tuple) else (value,)
+
+
 def _new_password(world: World, caller: Caller) -> dict[str, Any]:
     return {"current_password": caller.password, "new_password": "a-fresh-passphrase-for-" + caller.label}
 
 
 # One entry per API route. Adding an endpoint = adding one line here (or to EXEMPT, with a reason).
-REGISTRY: dict[str, Case] = {
+REGISTRY: dict[str, Case | tuple[Case, ...]] = {
     "me": ReadCase(),
     "me-password": ActionCase(body=_new_password, status=200),
     # tenant A's credentials through tenant B's app: A's account is not found there
@@ -273,6 +285,20 @@ REGISTRY: dict[str, Case] = {
     # a caller of tenant B tries to end tenant A's session with its refresh token
     "auth-logout": ActionCase(body=lambda w, c: {"refresh": w.tokens_a["refresh"]}, status=401,
                               code="token_invalid"),
+    "assets": ReadCase(),
+    "accounts": ReadCase(),
+    "account-entries": ObjectCase(make=lambda w: {"account_id": str(w.money_a["account"].pk)}),
+    # B's caller tries to pay tenant A's user: A's users do not exist in B's app
+    "transfers": (ReadCase(), ActionCase(body=lambda w, c: {"recipient": w.user_a.email, "asset": "USD",
+                                                            "amount": "1"},
+                                         status=404, code="recipient_not_found", methods=("POST",))),
+    "transfer-detail": ObjectCase(make=lambda w: {"transfer_id": str(w.money_a["transfer"].pk)}),
+    # B's caller can only hold its own (empty) account
+    "holds": (ReadCase(), ActionCase(body=lambda w, c: {"asset": "USD", "amount": "1"}, status=409,
+                                     code="insufficient_funds", methods=("POST",))),
+    "hold-detail": ObjectCase(make=lambda w: {"hold_id": str(w.money_a["hold"].pk)}),
+    "hold-post": ObjectCase(make=lambda w: {"hold_id": str(w.money_a["hold"].pk)}, control_method="POST"),
+    "hold-void": ObjectCase(make=lambda w: {"hold_id": str(w.money_a["hold"].pk)}, control_method="POST"),
 }
 
 EXEMPT: dict[str, str] = {
@@ -360,13 +386,14 @@ CALLERS_OF_A = ("user_a", "owner_a")
 
 def _matrix_params() -> list[Any]:
     params = []
-    for name, case in REGISTRY.items():
+    for name, value in REGISTRY.items():
         route = ROUTES.get(name)
         if route is None:
             continue  # reported by test_every_api_route_is_covered
-        for caller in CALLERS_OF_B:
-            for method in methods_of(route, case):
-                params.append(pytest.param(name, caller, method, id=f"{name}-{caller}-{method}"))
+        for index, case in enumerate(cases_of(value)):
+            for caller in CALLERS_OF_B:
+                for method in methods_of(route, case):
+                    params.append(pytest.param(name, index, caller, method, id=f"{name}-{caller}-{method}"))
     return params
 
 
@@ -375,8 +402,9 @@ def _mismatch_params() -> list[Any]:
     for name, route in ROUTES.items():
         if not route.authenticates:
             continue
-        case = REGISTRY.get(name)
-        for method in methods_of(route, case) if case else route.methods:
+        cases = cases_of(REGISTRY.get(name))
+        methods = sorted({m for case in cases for m in methods_of(route, case)}) if cases else route.methods
+        for method in methods:
             for holder in CALLERS_OF_A:
                 params.append(pytest.param(name, holder, method, id=f"{name}-{holder}-{method}"))
     return params
@@ -393,8 +421,16 @@ def world(db: Any) -> World:
     user_b = UserFactory(tenant=tenant_b, email="bob@example.com", display_name="Bob")
     owner_b = make_staff(tenant_b, Membership.Role.OWNER)
     tokens_a = AppClient(app_key_of(tenant_a)).login_as(user_a)
+    # Money of tenant A: user_a funded, a transfer to the owner, an active hold.
+    usd = enable(tenant_a, "USD")
+    enable(tenant_b, "USD")
+    fund(user_a, 10_000)
+    transfer = ledger_services.transfer_create(tenant=tenant_a, sender=user_a, recipient=owner_a, asset=usd,
+                                               amount=100)
+    hold = ledger_services.hold_place(tenant=tenant_a, account=account(user_a), amount=50)
+    money_a = {"account": account(user_a), "transfer": transfer, "hold": hold}
     return World(tenant_a=tenant_a, tenant_b=tenant_b, user_a=user_a, owner_a=owner_a, user_b=user_b,
-                 owner_b=owner_b, tokens_a=tokens_a)
+                 owner_b=owner_b, tokens_a=tokens_a, money_a=money_a)
 
 
 # --- the matrix -----------------------------------------------------------------------------------------
@@ -423,7 +459,7 @@ def test_every_api_route_is_covered() -> None:
 def test_registry_cases_fit_their_routes() -> None:
     # given every registered route that exists
     problems = []
-    for name, case in REGISTRY.items():
+    for name, case in [(n, c) for n, value in REGISTRY.items() for c in cases_of(value)]:
         route = ROUTES.get(name)
         if route is None:
             continue
@@ -454,10 +490,11 @@ def test_discovery_finds_todays_api_routes() -> None:
     assert not any(route.path.startswith("admin/") for route in ROUTES.values())
 
 
-@pytest.mark.parametrize(("route_name", "caller_label", "method"), _matrix_params())
-def test_tenant_b_cannot_reach_tenant_a(world: World, route_name: str, caller_label: str, method: str) -> None:
+@pytest.mark.parametrize(("route_name", "case_index", "caller_label", "method"), _matrix_params())
+def test_tenant_b_cannot_reach_tenant_a(world: World, route_name: str, case_index: int, caller_label: str,
+                                        method: str) -> None:
     # given tenant A's data and a caller of tenant B signed in through tenant B's app
-    route, case = ROUTES[route_name], REGISTRY[route_name]
+    route, case = ROUTES[route_name], cases_of(REGISTRY[route_name])[case_index]
     caller = world.caller_of_b(caller_label)
 
     # when the caller exercises the route against tenant A; then it is refused or sees only its own tenant
@@ -469,8 +506,8 @@ def test_tenant_a_token_with_tenant_b_app_key_is_refused(world: World, route_nam
                                                          method: str) -> None:
     # given a token of tenant A presented with tenant B's app key
     route = ROUTES[route_name]
-    case = REGISTRY.get(route_name)
-    kwargs = case.make(world) if isinstance(case, ObjectCase) else dummy_kwargs(route)
+    objects = [c for c in cases_of(REGISTRY.get(route_name)) if isinstance(c, ObjectCase)]
+    kwargs = objects[0].make(world) if objects else dummy_kwargs(route)
     client = AppClient(app_key_of(world.tenant_b))
     client.login_as(getattr(world, holder))
     before_a, before_b = snapshot_of(world.tenant_a), snapshot_of(world.tenant_b)

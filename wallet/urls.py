@@ -8,6 +8,7 @@ from wallet.core import health
 
 api_v1 = [
     path("", include("tenants.api.urls")),
+    path("", include("wallet.ledger.api.urls")),
 ]
 
 urlpatterns = [

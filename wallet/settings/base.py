@@ -59,6 +59,7 @@ INSTALLED_APPS = [
     "wallet.events.apps.EventsConfig",
     "wallet.idempotency.apps.IdempotencyConfig",
     "wallet.ledger.apps.LedgerConfig",
+    "wallet.demo.apps.DemoConfig",
     "tenants.apps.WalletAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -162,7 +163,9 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_TIME_LIMIT = 300
-CELERY_BEAT_SCHEDULE: dict[str, dict] = {}
+CELERY_BEAT_SCHEDULE: dict[str, dict] = {
+    "expire-holds": {"task": "ledger.expire_holds_all", "schedule": 30.0},
+}
 
 # --- Auth -----------------------------------------------------------------------------------------------
 AUTH_USER_MODEL = "tenants.User"
@@ -217,6 +220,7 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["wallet.core.renderers.FastJSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_PAGINATION_CLASS": "wallet.core.pagination.Cursor",
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "wallet.core.negotiation.JsonOnlyNegotiation",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "wallet.core.errors.exception_handler",
     "UNAUTHENTICATED_USER": None,

@@ -47,7 +47,7 @@ class Command(BaseCommand):
             scheduler.start()
         try:
             uvicorn.run("wallet.asgi:application", host=host, port=port, lifespan="off",
-                        log_level="warning", access_log=False, ws="websockets")
+                        log_level="warning", access_log=False, ws="websockets-sansio")
         finally:
             if scheduler is not None:
                 scheduler.stop()

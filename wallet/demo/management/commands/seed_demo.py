@@ -1,7 +1,8 @@
 """`manage.py seed_demo`: the demo tenant for `make run` (idempotent: running it twice changes nothing).
 
-Creates tenant `demo` with an app key, an app user and a tenant owner for the admin, and a platform
-superuser. Passwords are fixed development values and the command refuses to run in production.
+Creates tenant `demo` with an app key, two app users (funded once, in USD and EUR), a tenant owner for
+the admin, and a platform superuser; enables USD, EUR and the local dev chain's ETH. Passwords are fixed
+development values and the command refuses to run in production.
 """
 
 from __future__ import annotations
@@ -15,6 +16,10 @@ from django.db import transaction
 
 from tenants import services
 from tenants.models import AppKey, Membership, Tenant, User
+from wallet.ledger import services as ledger
+from wallet.ledger.models import Asset, JournalEntry
+
+DEMO_ASSETS = {"USD": 100_000, "EUR": 50_000, "ETH:31337": 0}  # asset -> starting balance (smallest unit)
 
 DEMO = {
     "slug": "demo",
@@ -43,9 +48,18 @@ class Command(BaseCommand):
             key = AppKey.all_tenants.filter(tenant=tenant, revoked_at__isnull=True).order_by("created_at").first()
             if key is None:
                 key = services.app_key_create(tenant=tenant, label="demo")
+            for code in DEMO_ASSETS:
+                ledger.tenant_asset_enable(tenant=tenant, asset=Asset.objects.get(code=code))
             for email, password in (DEMO["app_user"], DEMO["second_user"]):
-                if not User.objects.filter(tenant=tenant, email__iexact=email).exists():
-                    services.user_create(tenant=tenant, email=email, password=password)
+                user = User.objects.filter(tenant=tenant, email__iexact=email).first()
+                if user is None:
+                    user = services.user_create(tenant=tenant, email=email, password=password,
+                                                handle=email.split("@")[0])
+                if not JournalEntry.all_tenants.filter(tenant=tenant, reference=f"fund:{user.pk}").exists():
+                    for code, amount in DEMO_ASSETS.items():
+                        if amount:
+                            ledger.sandbox_fund(tenant=tenant, user=user, asset=Asset.objects.get(code=code),
+                                                amount=amount, memo="Demo starting balance")
             owner_email, owner_password = DEMO["owner"]
             if not User.objects.filter(tenant=tenant, email__iexact=owner_email).exists():
                 services.staff_create(tenant=tenant, email=owner_email, role=Membership.Role.OWNER,
@@ -56,7 +70,8 @@ class Command(BaseCommand):
         creds = {
             "tenant": tenant.slug,
             "app_key": key.key,
-            "app_user": {"email": DEMO["app_user"][0], "password": DEMO["app_user"][1]},
+            "app_user": {"email": DEMO["app_user"][0], "password": DEMO["app_user"][1], "handle": "alice",
+                         "funded": {"USD": "1000.00", "EUR": "500.00"}},
             "second_app_user": {"email": DEMO["second_user"][0], "password": DEMO["second_user"][1]},
             "tenant_owner": {"organisation": tenant.slug, "email": owner_email, "password": owner_password},
             "platform_admin": {"username": "admin", "password": su_password},

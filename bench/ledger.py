@@ -1,0 +1,663 @@
+"""Ledger benchmark: money transfers against pgbench's TPC-B-like bank transfer, in one run, same PostgreSQL.
+
+Run it with `make bench-ledger`, which starts PostgreSQL and Redis for it (.ci/with-services). Settings
+are the production-style ones of bench-api (`bench.settings`, DEBUG=0, CONN_MAX_AGE=600, see bench/api.py).
+In one invocation:
+
+(a) pgbench: `pgbench -i -s 10` into its own database `pgbench` on the same server, then the built-in
+    tpcb-like script, `-c 8 -j 2`, three times (before the service runs, between the service and the
+    HTTP runs, at the end); the reference is the median. Each TPC-B transaction is one bank transfer.
+(b) the transfer service without HTTP: 8 worker processes (bench/ledger_worker.py), each with its own
+    connection, call `transfers_execute` with batches of B random transfers in a loop; a transfer counts
+    once the call has returned, i.e. after its batch committed. One run per batch size over uniformly
+    drawn accounts, then one over zipfian "hot" accounts at the best batch size. Each run: a warm-up,
+    then a measured window; the rate is the transfers of the batches that returned within the window,
+    divided by its length. One probe batch per size records every SQL statement (the breakdown).
+(c) `POST /api/v1/transfers` (X-App-Key, Bearer token, a fresh Idempotency-Key per request, JSON body)
+    on gunicorn with 2 sync workers and with 2 gthread workers x 4 threads, with wrk
+    (bench/ledger_transfers.lua), each followed by the bare Django view on the same server; then, on the
+    better server, a paced run at half its maximum for the p99.
+
+Each of (b) uniform, (b) hot and (c) has its own tenant (1,000 users funded with `sandbox_fund`), so that
+`manage.py ledger_verify --tenant ...` after each checks only that phase; after each, the transfers in
+the database are compared with the transfers acknowledged. While the service runs, pg_stat_activity is
+sampled (what the 8 backends are doing: waiting on a lock, waiting for the worker, fsync, ...).
+
+The last line printed is
+
+    ledger: service=<tps> pgbench=<tps> ratio=<service/pgbench> hot_ratio=<hot/uniform> http=<req/s>
+            http_ratio=<http/pgbench> bare_django=<req/s> p99_ms=<http p99 at half load> verify=ok
+
+(on one line). Exit status 1 if a verification fails or a run had errors (the summary is still printed).
+
+Tunables (environment): BENCH_SECONDS (8, measured seconds per run), BENCH_WARMUP_SECONDS (2),
+BENCH_PGBENCH_SECONDS (8), BENCH_PGBENCH_SCALE (10), BENCH_CLIENTS (8: pgbench clients and service
+workers), BENCH_BATCH_SIZES (1,16,64,256), BENCH_USERS (1000), BENCH_ZIPF_S (1.1), BENCH_HTTP_SENDERS (64),
+BENCH_THREADS (2), BENCH_CONNECTIONS (16), BENCH_HTTP_WORKERS (2), BENCH_HTTP_THREADS (4),
+BENCH_PYSPY_DIR (unset: if set, py-spy raw profiles of worker 0 of each service run and of the gunicorn
+workers during the HTTP maximum runs are written there; see bench/ledger_profile.py).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import multiprocessing
+import os
+import re
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.api import manage, production_env
+from bench.harness import (
+    ROOT,
+    BenchError,
+    Servers,
+    fail,
+    free_port,
+    http,
+    say,
+    stop_on_sigterm,
+    tail,
+    wrk,
+)
+from bench.ledger_worker import worker_main, zipf_share
+
+SECONDS = int(os.environ.get("BENCH_SECONDS", "8"))
+WARMUP_SECONDS = int(os.environ.get("BENCH_WARMUP_SECONDS", "2"))
+PGBENCH_SECONDS = int(os.environ.get("BENCH_PGBENCH_SECONDS", "8"))
+PGBENCH_SCALE = int(os.environ.get("BENCH_PGBENCH_SCALE", "10"))
+CLIENTS = int(os.environ.get("BENCH_CLIENTS", "8"))
+BATCH_SIZES = [int(b) for b in os.environ.get("BENCH_BATCH_SIZES", "1,16,64,256").split(",") if b.strip()]
+USERS = int(os.environ.get("BENCH_USERS", "1000"))
+ZIPF_S = float(os.environ.get("BENCH_ZIPF_S", "1.1"))
+HTTP_SENDERS = int(os.environ.get("BENCH_HTTP_SENDERS", "64"))
+THREADS = int(os.environ.get("BENCH_THREADS", "2"))
+CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "16"))
+HTTP_WORKERS = int(os.environ.get("BENCH_HTTP_WORKERS", "2"))
+HTTP_THREADS = int(os.environ.get("BENCH_HTTP_THREADS", "4"))
+PYSPY_DIR = os.environ.get("BENCH_PYSPY_DIR", "")
+
+FUNDING = 10_000_000  # smallest units per user ($100,000.00)
+AMOUNT_MAX = 100  # transfers are 1..100 cents: insufficient funds stays rare, also for hot senders
+LUA_SCRIPT = Path(__file__).resolve().parent / "ledger_transfers.lua"
+PYSPY = Path(sys.executable).parent / "py-spy"
+
+
+def loadavg() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+# --- PostgreSQL and pgbench ------------------------------------------------------------------------------
+
+
+@dataclass
+class Postgres:
+    host: str
+    port: int
+    user: str
+    bin: Path
+
+    @classmethod
+    def from_env(cls) -> Postgres:
+        url = urlsplit(os.environ["DATABASE_URL"])
+        pg_bin = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
+        return cls(url.hostname or "127.0.0.1", url.port or 5432, url.username or "postgres", pg_bin)
+
+    def args(self) -> list[str]:
+        return ["-h", self.host, "-p", str(self.port), "-U", self.user]
+
+    def run(self, tool: str, *args: str, timeout: float = 600) -> str:
+        completed = subprocess.run([str(self.bin / tool), *self.args(), *args], capture_output=True, text=True,
+                                   timeout=timeout, check=False)
+        if completed.returncode != 0:
+            raise BenchError(f"{tool} {' '.join(args)} failed ({completed.returncode}):\n"
+                             f"{completed.stdout}{completed.stderr}")
+        return completed.stdout + completed.stderr
+
+
+_PGBENCH_TPS = re.compile(r"^tps = ([\d.]+) \(without initial connection time\)", re.MULTILINE)
+_PGBENCH_LATENCY = re.compile(r"^latency average = ([\d.]+) ms", re.MULTILINE)
+
+
+def pgbench_init(pg: Postgres) -> None:
+    exists = pg.run("psql", "-d", "postgres", "-tAqc", "select 1 from pg_database where datname = 'pgbench'")
+    if exists.strip() != "1":
+        pg.run("createdb", "pgbench")
+    started = time.monotonic()
+    pg.run("pgbench", "-i", "-s", str(PGBENCH_SCALE), "-q", "pgbench")
+    say(f"pgbench: initialised scale {PGBENCH_SCALE} in {time.monotonic() - started:.1f}s")
+
+
+def pgbench_sums(pg: Postgres) -> list[int]:
+    out = pg.run("psql", "-d", "pgbench", "-tAqc",
+                 "select (select sum(abalance) from pgbench_accounts), (select sum(bbalance) from "
+                 "pgbench_branches), (select sum(tbalance) from pgbench_tellers), "
+                 "(select coalesce(sum(delta), 0) from pgbench_history)")
+    return [int(v) for v in out.strip().split("|")]
+
+
+def pgbench_run(pg: Postgres, label: str) -> tuple[float, bool]:
+    """One timed run; also checks TPC-B's conservation: the run moved the account, teller and branch
+    balances each by the sum of the deltas it wrote to the history (pgbench empties the history first)."""
+    before = pgbench_sums(pg)
+    out = pg.run("pgbench", "-c", str(CLIENTS), "-j", "2", "-T", str(PGBENCH_SECONDS), "pgbench",
+                 timeout=PGBENCH_SECONDS + 120)
+    after = pgbench_sums(pg)
+    tps_match, latency_match = _PGBENCH_TPS.search(out), _PGBENCH_LATENCY.search(out)
+    if tps_match is None:
+        raise BenchError(f"cannot read pgbench's tps:\n{out}")
+    tps = float(tps_match.group(1))
+    latency = latency_match.group(1) if latency_match else "?"
+    moved = [a - b for a, b in zip(after[:3], before[:3], strict=True)]
+    ok = moved == [after[3]] * 3
+    say(f"pgbench {label}: {tps:.0f} tps (tpcb-like, -c {CLIENTS} -j 2 -T {PGBENCH_SECONDS}, "
+        f"latency avg {latency} ms), balances moved by {after[3]} = history: "
+        f"{'ok' if ok else 'MISMATCH ' + str(moved)}, load {loadavg()}")
+    return tps, ok
+
+
+class WaitSampler:
+    """Samples what the app's PostgreSQL backends are doing, every 50 ms, in a thread."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> WaitSampler:
+        import psycopg
+
+        self._conn = psycopg.connect(os.environ["DATABASE_URL"], autocommit=True)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        query = ("select state, wait_event_type, wait_event from pg_stat_activity where datname = "
+                 "current_database() and backend_type = 'client backend' and pid <> pg_backend_pid()")
+        while not self._stop.wait(0.05):
+            for state, wait_type, wait_event in self._conn.execute(query).fetchall():
+                if state == "idle":
+                    label = "idle (between transactions)"
+                elif state == "idle in transaction":
+                    label = "idle in transaction (waiting for Python)"
+                elif wait_type is None:
+                    label = "active, on CPU"
+                else:
+                    label = f"active, waiting {wait_type}:{wait_event}"
+                self.counts[label] += 1
+            self.samples += 1
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+        self._conn.close()
+
+    def summary(self) -> str:
+        total = sum(self.counts.values()) or 1
+        return ", ".join(f"{label} {100 * n / total:.0f}%" for label, n in self.counts.most_common(6))
+
+
+# --- the ledger's own checks -------------------------------------------------------------------------------
+
+
+@dataclass
+class BenchTenant:
+    slug: str
+    tenant: Any
+    app_key: str
+    users: list[Any]
+    acknowledged: int = 0  # transfers acknowledged to a client (the service returned, or HTTP 201)
+    in_flight_max: int = 0  # HTTP: requests that may have committed after wrk stopped waiting for them
+
+
+def tenant_setup(label: str) -> BenchTenant:
+    from django.core.management import call_command
+    from django.test import override_settings
+
+    from tenants.models import Tenant
+    from tenants.services import user_create
+    from wallet.ledger.models import Asset
+    from wallet.ledger.services import assets_catalogue_ensure, sandbox_fund, tenant_asset_enable
+
+    started = time.monotonic()
+    slug = f"bench-{label}-{secrets.token_hex(3)}"
+    out = io.StringIO()
+    call_command("create_tenant", slug, "--name", f"Bench {label}", stdout=out)
+    app_key = json.loads(out.getvalue())["app_key"]
+    tenant = Tenant.objects.get(slug=slug)
+    assets_catalogue_ensure()
+    usd = Asset.objects.get(code="USD")
+    tenant_asset_enable(tenant=tenant, asset=usd)
+    # No password: nothing to hash (the HTTP senders get their tokens from session_start).
+    users = [user_create(tenant=tenant, email=f"bench-{i:05d}@example.com", password=None) for i in range(USERS)]
+    created = time.monotonic()
+    # Sandbox funding is refused under production settings; only this setup process lifts that.
+    with override_settings(PRODUCTION=False):
+        for user in users:
+            sandbox_fund(tenant=tenant, user=user, asset=usd, amount=FUNDING)
+    say(f"setup {label}: tenant {slug}, {USERS} users in {created - started:.1f}s, funded "
+        f"({FUNDING} each, one sandbox_fund per user) in {time.monotonic() - created:.1f}s")
+    return BenchTenant(slug, tenant, app_key, users)
+
+
+def verify(env: dict[str, str], bench_tenant: BenchTenant, label: str) -> bool:
+    from django.db import connections
+
+    from wallet.ledger.models import Transfer
+
+    started = time.monotonic()
+    completed = subprocess.run([sys.executable, "manage.py", "ledger_verify", "--tenant", bench_tenant.slug],
+                               cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    output = (completed.stdout + completed.stderr).strip()
+    ok = completed.returncode == 0
+    in_db = Transfer.all_tenants.filter(tenant_id=bench_tenant.tenant.pk).count()
+    acked = bench_tenant.acknowledged
+    if bench_tenant.in_flight_max:
+        counts_ok = acked <= in_db <= acked + bench_tenant.in_flight_max
+        rule = f"acknowledged <= in db <= acknowledged + {bench_tenant.in_flight_max} in flight when wrk stopped"
+    else:
+        counts_ok = in_db == acked
+        rule = "in db == acknowledged"
+    connections.close_all()  # no idle connection of this process in the next run's samples
+    say(f"verify {label}: ledger_verify exit {completed.returncode} ({output.splitlines()[0] if output else ''}) "
+        f"in {time.monotonic() - started:.1f}s; transfers in db {in_db}, acknowledged {acked} "
+        f"({rule}: {'ok' if counts_ok else 'MISMATCH'})")
+    if not ok:
+        print(output, file=sys.stderr)
+    return ok and counts_ok
+
+
+# --- the service workers ---------------------------------------------------------------------------------
+
+
+@dataclass
+class ServiceRun:
+    label: str
+    batch: int
+    tps: float
+    ok_total: int
+    refused: Counter[str] = field(default_factory=Counter)
+    errors: list[str] = field(default_factory=list)
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+    waits: str = ""
+
+
+class WorkerPool:
+    def __init__(self, n: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.results = context.Queue()
+        self.commands = [context.Queue() for _ in range(n)]
+        self.processes = [context.Process(target=worker_main, args=(i, q, self.results), daemon=True,
+                                          name=f"ledger-worker-{i}") for i, q in enumerate(self.commands)]
+
+    def __enter__(self) -> WorkerPool:
+        started = time.monotonic()
+        for process in self.processes:
+            process.start()
+        self._collect(len(self.processes), timeout=180)
+        say(f"service: {len(self.processes)} worker processes ready in {time.monotonic() - started:.1f}s")
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for queue in self.commands:
+            queue.put({"op": "stop"})
+        for process in self.processes:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
+                process.join()
+
+    def _collect(self, count: int, timeout: float) -> list[dict[str, Any]]:
+        import queue as queue_module
+
+        answers = []
+        deadline = time.monotonic() + timeout
+        while len(answers) < count:
+            dead = [p.name for p in self.processes if not p.is_alive()]
+            if dead:
+                raise BenchError(f"service worker(s) died: {', '.join(dead)}")
+            try:
+                answers.append(self.results.get(timeout=max(0.1, min(1.0, deadline - time.monotonic()))))
+            except queue_module.Empty:
+                if time.monotonic() > deadline:
+                    raise BenchError(f"service workers did not answer within {timeout:.0f}s") from None
+        return answers
+
+    def probe(self, bench_tenant: BenchTenant, batch: int, mode: str = "uniform") -> None:
+        """One batch with every SQL statement recorded, printed as a breakdown per statement kind."""
+        self.commands[0].put({"op": "probe", "tenant_id": str(bench_tenant.tenant.pk), "batch": batch,
+                              "mode": mode, "zipf_s": ZIPF_S, "seed": secrets.randbits(30),
+                              "amount_max": AMOUNT_MAX})
+        (answer,) = self._collect(1, timeout=120)
+        bench_tenant.acknowledged += answer["ok"]
+        statements: list[tuple[str, float]] = answer["statements"]
+        in_sql = sum(t for _, t in statements)
+        say(f"service probe, batch of {batch} ({mode}, alone): {len(statements)} SQL statements "
+            f"({len(statements) / batch:.2f} per transfer), {answer['elapsed'] * 1000:.1f} ms in all, "
+            f"{in_sql * 1000:.1f} ms in SQL round trips, {(answer['elapsed'] - in_sql) * 1000:.1f} ms in Python")
+        per_label: dict[str, list[float]] = {}
+        for label, seconds in statements:
+            per_label.setdefault(label, []).append(seconds)
+        for label, times in sorted(per_label.items(), key=lambda item: -sum(item[1])):
+            say(f"    {len(times):3d} x {label:<44} {sum(times) * 1000:7.2f} ms")
+
+    def run(self, bench_tenant: BenchTenant, batch: int, mode: str, label: str) -> ServiceRun:
+        start_at = time.monotonic() + 0.3
+        window_start = start_at + WARMUP_SECONDS
+        end_at = window_start + SECONDS
+        command = {"op": "run", "tenant_id": str(bench_tenant.tenant.pk), "batch": batch, "mode": mode,
+                   "zipf_s": ZIPF_S, "seed": secrets.randbits(30), "amount_max": AMOUNT_MAX,
+                   "start_at": start_at, "window_start": window_start, "end_at": end_at}
+        for queue in self.commands:
+            queue.put(command)
+        profiler = None
+        with WaitSampler() as sampler:
+            time.sleep(max(0.0, window_start - time.monotonic()))
+            if PYSPY_DIR:
+                profiler = pyspy_start(self.processes[0].pid, f"service-{mode}-b{batch}", SECONDS)
+            sampler.counts.clear()
+            time.sleep(max(0.0, end_at - time.monotonic()))
+            sampler._stop.set()
+        answers = self._collect(len(self.processes), timeout=300 + 60 * batch / 16)
+        if profiler is not None:
+            profiler.wait()
+        ok_window = sum(a["ok_window"] for a in answers)
+        latencies = sorted(x for a in answers for x in a["latencies"])
+        run = ServiceRun(label=label, batch=batch, tps=ok_window / SECONDS,
+                         ok_total=sum(a["ok_total"] for a in answers),
+                         refused=sum((Counter(a["refused"]) for a in answers), Counter()),
+                         errors=[e for a in answers for e in a["errors"]], waits=sampler.summary())
+        if latencies:
+            run.p50_ms = 1000 * statistics.median(latencies)
+            run.p99_ms = 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
+        bench_tenant.acknowledged += run.ok_total
+        refused = ", ".join(f"{code} {n}" for code, n in run.refused.items()) or "none"
+        say(f"service {label} batch={batch}: {run.tps:.0f} transfers/s ({sum(a['batches_window'] for a in answers)} "
+            f"batches in {SECONDS}s, {len(self.processes)} workers), batch latency p50 {run.p50_ms:.1f} ms "
+            f"p99 {run.p99_ms:.1f} ms, refused: {refused}, errors: {len(run.errors)}, load {loadavg()}")
+        say(f"    db backends: {run.waits}")
+        if run.errors:
+            say("    first error: " + run.errors[0].strip().replace("\n", "\n    "))
+        return run
+
+
+def pyspy_start(pid: int, name: str, seconds: int) -> subprocess.Popen[bytes]:
+    path = Path(PYSPY_DIR)
+    path.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        [str(PYSPY), "record", "--pid", str(pid), "--subprocesses", "--duration", str(seconds), "--rate", "250",
+         "--nonblocking", "--format", "raw", "--output", str(path / f"{name}.txt")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+
+# --- HTTP ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class HttpResult:
+    rps: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    requests: int
+    created: int
+
+
+def wrk_transfers(base: str, app_key: str, data_file: Path, seconds: int, rate: float = 0) -> HttpResult:
+    env = dict(os.environ)
+    env.update(BENCH_APP_KEY=app_key, BENCH_LEDGER_DATA=str(data_file), BENCH_RUN_ID=secrets.token_hex(6),
+               BENCH_AMOUNT_MAX=str(AMOUNT_MAX), BENCH_RATE=str(rate), BENCH_WRK_THREADS=str(THREADS))
+    argv = ["wrk", f"-t{THREADS}", f"-c{CONNECTIONS}", f"-d{seconds}s", "--timeout", "5s", "-s", str(LUA_SCRIPT),
+            f"{base}/api/v1/transfers"]
+    completed = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=seconds + 60, check=False)
+    match = re.search(r"^BENCH_RESULT (.*)$", completed.stdout, re.MULTILINE)
+    if completed.returncode != 0 or match is None:
+        raise BenchError(f"wrk failed ({completed.returncode}):\n{completed.stdout}{completed.stderr}")
+    fields = dict(item.split("=", 1) for item in match.group(1).split())
+    errors = {k: int(fields[k]) for k in ("connect", "read", "write", "status", "timeout")}
+    if any(errors.values()) or int(fields["other"]):
+        raise BenchError(f"wrk saw errors on POST /api/v1/transfers: {errors}, non-201 answers "
+                         f"{fields['other']}\n{completed.stdout}{completed.stderr}")
+    return HttpResult(
+        rps=int(fields["requests"]) / (int(fields["duration_us"]) / 1e6),
+        p50_ms=float(fields["p50_us"]) / 1000, p90_ms=float(fields["p90_us"]) / 1000,
+        p99_ms=float(fields["p99_us"]) / 1000, requests=int(fields["requests"]), created=int(fields["created"]),
+    )
+
+
+def http_probe(bench_tenant: BenchTenant, token: str, recipient: str, count: int = 20) -> None:
+    """The HTTP path in this process (Django's test client, same settings, no load): SQL per request."""
+    import logging
+
+    from django.db import connection
+    from django.test import Client
+
+    from bench.ledger_worker import statement_label
+
+    client = Client(HTTP_HOST="127.0.0.1")
+    statements: list[tuple[str, float]] = []
+
+    def record(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return execute(sql, params, many, context)
+        finally:
+            statements.append((statement_label(sql), time.perf_counter() - started))
+
+    # The app's JSON request log goes to a file meanwhile, as under gunicorn, not into this output.
+    handlers = [h for h in logging.getLogger().handlers
+                if isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) is sys.stderr]
+    elapsed = []
+    with tempfile.TemporaryFile("w") as log_file:
+        for handler in handlers:
+            handler.setStream(log_file)
+        try:
+            for _ in range(count):
+                statements.clear()
+                started = time.perf_counter()
+                with connection.execute_wrapper(record):
+                    response = client.post(
+                        "/api/v1/transfers", data={"recipient": recipient, "asset": "USD", "amount": "1", "memo": ""},
+                        content_type="application/json", HTTP_X_APP_KEY=bench_tenant.app_key,
+                        HTTP_AUTHORIZATION=f"Bearer {token}", HTTP_IDEMPOTENCY_KEY=f"probe-{secrets.token_hex(8)}",
+                    )
+                elapsed.append(time.perf_counter() - started)
+                if response.status_code != 201:
+                    raise BenchError(f"POST /api/v1/transfers answered {response.status_code}: "
+                                     f"{response.content[:500]!r}")
+                bench_tenant.acknowledged += 1
+        finally:
+            for handler in handlers:
+                handler.setStream(sys.stderr)
+    in_sql = sum(t for _, t in statements)
+    say(f"http probe (in process, no load, last of {count} requests): {len(statements)} SQL statements, "
+        f"{elapsed[-1] * 1000:.1f} ms per request (median of {count}: {statistics.median(elapsed) * 1000:.1f} ms), "
+        f"{in_sql * 1000:.1f} ms in SQL round trips")
+    per_label: dict[str, list[float]] = {}
+    for label, seconds in statements:
+        per_label.setdefault(label, []).append(seconds)
+    for label, times in sorted(per_label.items(), key=lambda item: -sum(item[1])):
+        say(f"    {len(times):3d} x {label:<44} {sum(times) * 1000:7.2f} ms")
+
+
+def http_phase(servers: Servers, env: dict[str, str], bench_tenant: BenchTenant, work_dir: Path
+               ) -> tuple[HttpResult, float, HttpResult, str]:
+    """Returns the better server's maximum, its bare_django rate, the paced run and the server's name."""
+    from django.db import connections
+
+    from tenants.auth.sessions import session_start
+
+    senders = bench_tenant.users[:HTTP_SENDERS]
+    tokens = [session_start(user=user, user_agent="bench-ledger").access for user in senders]
+    data_file = work_dir / "ledger-http.txt"
+    with data_file.open("w") as out:
+        for user, token in zip(senders, tokens, strict=True):
+            out.write(f"S {user.email} {token}\n")
+        for user in bench_tenant.users:
+            out.write(f"R {user.email}\n")
+    http_probe(bench_tenant, tokens[0], bench_tenant.users[-1].email)
+    connections.close_all()
+
+    gunicorn = [sys.executable, "-m", "gunicorn", "-w", str(HTTP_WORKERS), "--log-level", "warning"]
+    kinds = {
+        "sync": [],
+        f"gthread{HTTP_THREADS}": ["-k", "gthread", "--threads", str(HTTP_THREADS)],
+    }
+    bases = {}
+    for name, extra in kinds.items():
+        port = free_port()
+        bases[name] = f"http://127.0.0.1:{port}"
+        server = servers.start(f"gunicorn-{name}", [*gunicorn, *extra, "-b", f"127.0.0.1:{port}",
+                                                    "wallet.wsgi:application"], ready_url=f"{bases[name]}/bench/bare/")
+        status, body = http("POST", f"{bases[name]}/api/v1/transfers", json_body={
+            "recipient": bench_tenant.users[-1].email, "asset": "USD", "amount": "1", "memo": ""},
+            headers={"X-App-Key": bench_tenant.app_key, "Authorization": f"Bearer {tokens[0]}",
+                     "Idempotency-Key": f"check-{secrets.token_hex(8)}"})
+        if status != 201:
+            raise BenchError(f"{server.name}: POST /api/v1/transfers answered {status}: {body[:500]!r}")
+        bench_tenant.acknowledged += 1
+
+    results: dict[str, HttpResult] = {}
+    bare: dict[str, float] = {}
+    for round_number, name in enumerate(kinds):
+        base = bases[name]
+        warm = wrk_transfers(base, bench_tenant.app_key, data_file, WARMUP_SECONDS)
+        bench_tenant.acknowledged += warm.created
+        bench_tenant.in_flight_max += CONNECTIONS
+        # transfers and bare_django back to back, in alternating order (as bench-api does)
+        order = ["transfers", "bare"] if round_number % 2 == 0 else ["bare", "transfers"]
+        for what in order:
+            if what == "transfers":
+                profiler = None
+                if PYSPY_DIR:
+                    master = next(s for s in servers.running if s.name == f"gunicorn-{name}")
+                    profiler = pyspy_start(master.process.pid, f"http-{name}", SECONDS)
+                result = wrk_transfers(base, bench_tenant.app_key, data_file, SECONDS)
+                if profiler is not None:
+                    profiler.wait()
+                bench_tenant.acknowledged += result.created
+                bench_tenant.in_flight_max += CONNECTIONS
+                results[name] = result
+                say(f"http {name} POST /api/v1/transfers: {result.rps:.0f} req/s ({result.created} x 201), "
+                    f"p50 {result.p50_ms:.1f} ms, p90 {result.p90_ms:.1f} ms, p99 {result.p99_ms:.1f} ms "
+                    f"(wrk -t{THREADS} -c{CONNECTIONS} -d{SECONDS}s), load {loadavg()}")
+            else:
+                result_bare = wrk(f"{base}/bench/bare/", threads=THREADS, connections=CONNECTIONS, seconds=SECONDS)
+                bare[name] = result_bare.requests_per_second
+                say(f"http {name} bare_django GET /bench/bare/: {result_bare.requests_per_second:.0f} req/s, "
+                    f"p99 {result_bare.p99_ms:.1f} ms")
+
+    best = max(results, key=lambda name: results[name].rps)
+    target = results[best].rps / 2
+    paced = wrk_transfers(bases[best], bench_tenant.app_key, data_file, SECONDS, rate=target)
+    bench_tenant.acknowledged += paced.created
+    bench_tenant.in_flight_max += CONNECTIONS
+    say(f"http {best} paced at half the maximum ({target:.0f} req/s asked): {paced.rps:.0f} req/s achieved, "
+        f"p50 {paced.p50_ms:.1f} ms, p90 {paced.p90_ms:.1f} ms, p99 {paced.p99_ms:.1f} ms")
+    servers.close()
+    return results[best], bare[best], paced, best
+
+
+# --- the run ---------------------------------------------------------------------------------------------
+
+
+def run(servers: Servers, work_dir: Path) -> int:
+    started = time.monotonic()
+    env = production_env()
+    os.environ.update(env)  # this process and the spawned workers use the bench settings too
+    servers.env = env
+    say(f"bench-ledger: load average at start {loadavg()} ({os.cpu_count()} cores)")
+    manage(env, "migrate", "--noinput")
+    pg = Postgres.from_env()
+    pgbench_init(pg)
+
+    import django
+
+    django.setup()
+    from django.db import connections
+
+    uniform = tenant_setup("uniform")
+    hot = tenant_setup("hot")
+    web = tenant_setup("http")
+    connections.close_all()
+    say(f"zipf s={ZIPF_S} over {USERS} users: the hottest account is in {100 * zipf_share(USERS, ZIPF_S, 1):.0f}% "
+        f"of the draws, the top 10 in {100 * zipf_share(USERS, ZIPF_S, 10):.0f}%, the top 100 in "
+        f"{100 * zipf_share(USERS, ZIPF_S, 100):.0f}%")
+
+    pgbench_results = [pgbench_run(pg, "run 1/3")]
+    all_ok = True
+    had_errors = False
+    with WorkerPool(CLIENTS) as pool:
+        for batch in sorted({1, max(BATCH_SIZES)}):
+            pool.probe(uniform, batch)
+        runs = [pool.run(uniform, batch, "uniform", "uniform") for batch in BATCH_SIZES]
+        all_ok &= verify(env, uniform, "uniform")
+        best = max(runs, key=lambda r: r.tps)
+        hot_run = pool.run(hot, best.batch, "zipf", f"hot (zipf s={ZIPF_S})")
+        all_ok &= verify(env, hot, "hot")
+        had_errors = any(r.errors for r in [*runs, hot_run])
+    connections.close_all()
+    say("service per batch size: " + ", ".join(f"{r.batch}: {r.tps:.0f}" for r in runs)
+        + f" transfers/s; best batch size {best.batch}")
+
+    pgbench_results.append(pgbench_run(pg, "run 2/3"))
+    http_best, bare_django, paced, server_name = http_phase(servers, env, web, work_dir)
+    all_ok &= verify(env, web, "http")
+    connections.close_all()
+    pgbench_results.append(pgbench_run(pg, "run 3/3"))
+    all_ok &= all(ok for _, ok in pgbench_results)
+    pgbench_tps = [tps for tps, _ in pgbench_results]
+
+    reference = statistics.median(pgbench_tps)
+    say(f"pgbench runs: {', '.join(f'{t:.0f}' for t in pgbench_tps)} tps; reference (median) {reference:.0f}")
+    say(f"service: batch size {best.batch}, {best.tps:.0f} transfers/s, ratio {best.tps / reference:.3f}; "
+        f"hot: {hot_run.tps:.0f} transfers/s at batch size {best.batch}")
+    say(f"http: gunicorn {server_name} ({HTTP_WORKERS} workers), {http_best.rps:.0f} req/s, p99 at the maximum "
+        f"{http_best.p99_ms:.1f} ms; paced at {paced.rps:.0f} req/s: p99 {paced.p99_ms:.1f} ms")
+    say(f"bench-ledger took {time.monotonic() - started:.0f}s; load average at the end {loadavg()}")
+    verdict = "ok" if all_ok else "FAILED"
+    say(f"ledger: service={best.tps:.0f} pgbench={reference:.0f} ratio={best.tps / reference:.2f} "
+        f"hot_ratio={hot_run.tps / best.tps:.2f} http={http_best.rps:.0f} http_ratio={http_best.rps / reference:.2f} "
+        f"bare_django={bare_django:.0f} p99_ms={paced.p99_ms:.1f} verify={verdict}")
+    if had_errors:
+        fail("some service batches raised errors (see the 'first error' lines above)")
+    return 0 if all_ok and not had_errors else 1
+
+
+def main() -> int:
+    stop_on_sigterm()
+    work_dir = Path(tempfile.mkdtemp(prefix="bench-ledger-"))
+    servers = Servers(work_dir, dict(os.environ))
+    try:
+        return run(servers, work_dir)
+    except BenchError as exc:
+        fail(str(exc))
+        for server in servers.running:
+            print(f"--- last lines of the {server.name} log ---\n{tail(server.log, 15)}", file=sys.stderr)
+        return 1
+    finally:
+        servers.close()
+        shutil.rmtree(work_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

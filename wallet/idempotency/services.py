@@ -1,0 +1,256 @@
+"""Writes of the Idempotency-Key layer: claim a key, complete it, purge expired records.
+
+The low-level pair works inside any transaction the caller owns (a view, or later a batch of requests):
+
+    with transaction.atomic():
+        claim = idempotency_claim(tenant=t, user=u, key=k, fingerprint=f, method="POST", path=p)
+        if claim.stored is not None:
+            return claim.stored                   # replay: nothing else to do
+        with transaction.atomic():                # a savepoint: a business error undoes only the effect
+            ... the effect ...
+        idempotency_complete(claim, status=201, body=b"...", content_type="application/json")
+
+`idempotency_claim` inserts the record (pending) in the caller's transaction, so the record and the effect
+commit or roll back together: a retry can never see an effect without its record, nor a record without
+its effect. Concurrency:
+- PostgreSQL: one statement takes `pg_try_advisory_xact_lock(<64-bit hash of tenant, user, key>)` and, only
+  if it got it, inserts the pending record with `ON CONFLICT DO NOTHING`. Not getting the lock means
+  another transaction is running this key right now: 409 at once, nobody waits. The lock is held until
+  the caller's transaction ends, i.e. until the record is committed (or rolled back).
+- SQLite: transactions are IMMEDIATE, so writers are serialised; a duplicate waits for the first to
+  commit, then finds its record and replays it.
+- Everywhere: the unique constraint on (tenant, user, key) is the final arbiter.
+The isolation level must be READ COMMITTED (Django's default) on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import IntegrityError, connections, router
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.transaction import TransactionManagementError
+from django.utils import timezone
+
+from tenants.models import Tenant, User
+from wallet.idempotency import conf
+from wallet.idempotency.errors import IdempotencyKeyInFlight, IdempotencyKeyReused
+from wallet.idempotency.fingerprint import advisory_lock_id, validate_idempotency_key
+from wallet.idempotency.models import IdempotencyRecord
+from wallet.idempotency.selectors import idempotency_record_get
+
+logger = logging.getLogger("wallet.idempotency")
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    """The first response of a key, as sent: replayed byte for byte."""
+
+    status: int
+    body: bytes
+    content_type: str = ""
+    location: str = ""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The outcome of `idempotency_claim`: either a stored response to replay, or a record to complete."""
+
+    tenant_id: Any
+    user_id: Any
+    key: str
+    record_id: int | None = None
+    stored: StoredResponse | None = None
+    using: str = "default"
+
+    @property
+    def is_replay(self) -> bool:
+        return self.stored is not None
+
+
+def in_flight_error() -> IdempotencyKeyInFlight:
+    """409 `idempotency_key_in_flight`, with `Retry-After: 1` (the first request is usually quick)."""
+    error = IdempotencyKeyInFlight(retry_after=1)
+    error.headers["Retry-After"] = "1"
+    return error
+
+
+def idempotency_database_alias() -> str:
+    """The database holding the records (the effect's transaction must be on the same one)."""
+    return router.db_for_write(IdempotencyRecord) or "default"
+
+
+def _require_transaction(connection: BaseDatabaseWrapper, what: str) -> None:
+    if not connection.in_atomic_block:
+        raise TransactionManagementError(
+            f"{what} must run inside transaction.atomic(), in the same transaction as the request's effect."
+        )
+
+
+def _stored_response(record: IdempotencyRecord, fingerprint: str) -> StoredResponse | None:
+    """The record's response (None while it is pending); 422 when it belongs to another request."""
+    if record.fingerprint != fingerprint:
+        raise IdempotencyKeyReused()
+    if record.response_status is None:
+        return None
+    return StoredResponse(
+        status=record.response_status, body=bytes(record.response_body),
+        content_type=record.response_content_type, location=record.response_location,
+    )
+
+
+def idempotency_stored_response(*, tenant: Tenant, user: User, key: str,
+                                fingerprint: str) -> StoredResponse | None:
+    """The completed response of `key` for (tenant, user), or None if there is none (yet).
+
+    Raises 422 `idempotency_key_reused` when the key was used for another request. Needs no transaction:
+    the fast path calls it when another request holds the key's fast lock.
+    """
+    record = idempotency_record_get(tenant=tenant, user=user, key=key)
+    if record is None:
+        return None
+    return _stored_response(record, fingerprint)
+
+
+_CLAIM_COLUMNS = (
+    "tenant", "user", "key", "method", "path", "fingerprint", "response_body", "response_content_type",
+    "response_location", "created_at", "expires_at",
+)
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'  # a PostgreSQL identifier
+
+
+@functools.cache
+def _claim_postgresql_sql() -> str:
+    meta = IdempotencyRecord._meta
+    columns = ", ".join(_quote(meta.get_field(name).column) for name in _CLAIM_COLUMNS)
+    placeholders = ", ".join(["%s"] * len(_CLAIM_COLUMNS))
+    unique = ", ".join(_quote(meta.get_field(name).column) for name in ("tenant", "user", "key"))
+    table, pk = _quote(meta.db_table), _quote(meta.pk.column)
+    # Identifiers come from the model and are quoted; every value is a query parameter.
+    return (
+        "WITH lock AS (SELECT pg_try_advisory_xact_lock(%s) AS acquired), "  # noqa: S608
+        f"inserted AS (INSERT INTO {table} ({columns}) SELECT {placeholders} FROM lock WHERE lock.acquired "
+        f"ON CONFLICT ({unique}) DO NOTHING RETURNING {pk}) "
+        f"SELECT lock.acquired, (SELECT {pk} FROM inserted) FROM lock"
+    )
+
+
+def _claim_postgresql(connection: BaseDatabaseWrapper, values: dict[str, Any], lock_id: int) -> tuple[bool, int | None]:
+    """Try the advisory lock and, only when it is acquired, insert the pending record: one round trip.
+
+    Two statements (lock, then insert) would cost a round trip more. In one statement the insert cannot
+    miss a record committed just before the lock was acquired, because `ON CONFLICT` checks the unique
+    index against committed rows, not against the statement's snapshot.
+    """
+    meta = IdempotencyRecord._meta
+    params: list[Any] = [lock_id]
+    params.extend(meta.get_field(name).get_db_prep_save(values[name], connection) for name in _CLAIM_COLUMNS)
+    with connection.cursor() as cursor:
+        cursor.execute(_claim_postgresql_sql(), params)
+        acquired, record_id = cursor.fetchone()
+    return bool(acquired), record_id
+
+
+def idempotency_claim(*, tenant: Tenant, user: User, key: str, fingerprint: str, method: str,
+                      path: str) -> Claim:
+    """Claim `key` for (tenant, user) inside the caller's transaction.
+
+    Returns a `Claim` carrying either the stored response of the completed first request (replay it;
+    write nothing), or a new pending record that `idempotency_complete` must fill in the same transaction.
+    Raises 422 `idempotency_key_reused` (the key belongs to a request with another fingerprint) and 409
+    `idempotency_key_in_flight` (the first request is still running). On a 409 raised after a database
+    conflict the transaction must be rolled back, as with any database error.
+    """
+    validate_idempotency_key(key)
+    using = idempotency_database_alias()
+    connection = connections[using]
+    _require_transaction(connection, "idempotency_claim")
+    now = timezone.now()
+    values: dict[str, Any] = {
+        "tenant": tenant.pk, "user": user.pk, "key": key, "method": method.upper(), "path": path,
+        "fingerprint": fingerprint, "response_body": b"", "response_content_type": "",
+        "response_location": "", "created_at": now, "expires_at": now + conf.ttl(),
+    }
+    if connection.vendor == "postgresql":
+        acquired, record_id = _claim_postgresql(
+            connection, values, advisory_lock_id(tenant_id=tenant.pk, user_id=user.pk, key=key)
+        )
+        if record_id is not None:
+            return Claim(tenant_id=tenant.pk, user_id=user.pk, key=key, record_id=record_id, using=using)
+        # Either another transaction holds the lock (it runs the first request, or it is only replaying a
+        # completed one), or the key already has a record (committed, or claimed earlier in this same
+        # transaction: advisory locks are re-entrant). A completed record answers either way.
+        record = idempotency_record_get(tenant=tenant, user=user, key=key)
+        if not acquired and (record is None or not record.is_complete):
+            raise in_flight_error()
+    else:
+        record = idempotency_record_get(tenant=tenant, user=user, key=key)
+        if record is None:
+            fields = {name + ("_id" if name in ("tenant", "user") else ""): value for name, value in values.items()}
+            try:
+                created = IdempotencyRecord.all_tenants.create(**fields)
+            except IntegrityError as exc:  # a concurrent claim won (only without IMMEDIATE transactions)
+                raise in_flight_error() from exc
+            return Claim(tenant_id=tenant.pk, user_id=user.pk, key=key, record_id=created.pk, using=using)
+    if record is None:  # purged between the two statements: let the client retry
+        raise in_flight_error()
+    stored = _stored_response(record, fingerprint)
+    if stored is None:
+        # Pending: claimed earlier in this same transaction, or (a bug) committed without a response.
+        if record.created_at < now - timedelta(seconds=conf.lock_ttl_seconds()):
+            logger.error("idempotency record committed without a response (claimed, never completed)",
+                         extra={"record_id": record.pk})
+        raise in_flight_error()
+    return Claim(tenant_id=tenant.pk, user_id=user.pk, key=key, stored=stored, using=using)
+
+
+def idempotency_complete(claim: Claim, *, status: int, body: bytes, content_type: str = "",
+                         location: str | None = None) -> None:
+    """Store the response of a claimed key, in the transaction that claimed it (and ran the effect)."""
+    if claim.record_id is None:
+        raise ValueError("This claim replays a stored response; there is nothing to complete.")
+    connection = connections[claim.using]
+    _require_transaction(connection, "idempotency_complete")
+    updated = IdempotencyRecord.all_tenants.using(claim.using).filter(
+        pk=claim.record_id, response_status__isnull=True
+    ).update(
+        response_status=status, response_body=bytes(body), response_content_type=content_type or "",
+        response_location=location or "",
+    )
+    if updated != 1:
+        raise TransactionManagementError(
+            "The claimed idempotency record is gone or already completed: complete a claim once, in the "
+            "transaction that claimed it."
+        )
+
+
+def idempotency_purge_expired(*, now: datetime | None = None, batch_size: int | None = None) -> int:
+    """Delete records whose `expires_at` has passed, in batches; return how many were deleted.
+
+    Platform code: runs across all tenants. Expired records are honoured until this runs, so a key is
+    kept at least `IDEMPOTENCY_TTL_HOURS`.
+    """
+    now = now or timezone.now()
+    batch_size = batch_size or conf.purge_batch_size()
+    deleted_total = 0
+    while True:
+        ids = list(
+            IdempotencyRecord.all_tenants.filter(expires_at__lte=now).order_by("expires_at")
+            .values_list("pk", flat=True)[:batch_size]
+        )
+        if not ids:
+            break
+        deleted, _ = IdempotencyRecord.all_tenants.filter(pk__in=ids, expires_at__lte=now).delete()
+        deleted_total += deleted
+        if len(ids) < batch_size:
+            break
+    if deleted_total:
+        logger.info("idempotency records purged", extra={"deleted": deleted_total})
+    return deleted_total

@@ -1,0 +1,248 @@
+"""The ledger engine: applies entries and hold changes for one tenant under locks, in batches.
+
+`LedgerBatch` is used inside the caller's `transaction.atomic()` block:
+
+1. `lock(account_ids)` takes the tenant's `LedgerHead` row lock first, then the accounts' row locks in
+   primary-key order. Every ledger writer of a tenant takes the head first, so writers queue on one row
+   instead of deadlocking on accounts, and the hash chain has a single next position.
+2. `apply(draft)` checks an entry (two or more postings, zero sum per asset, no account that may not go
+   negative goes below zero) against the in-memory balances and records it; a refused draft changes
+   nothing, so one batch can hold many independent transfers and refuse some of them.
+3. `flush()` writes everything in a few statements: entries (with sequence numbers and hashes), postings,
+   account balances, the new head, and `account.balance_changed` events to the owners' streams.
+
+Nothing is acknowledged to anyone before the caller's transaction commits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from django.db import connection
+from django.utils import timezone
+
+from tenants.models import Tenant
+from wallet.core.ids import uuid7
+from wallet.ledger.errors import InsufficientFunds, UnbalancedEntry
+from wallet.ledger.models import Account, JournalEntry, LedgerHead, Posting
+
+GENESIS_HASH = "0" * 64
+
+
+@dataclass(frozen=True)
+class Leg:
+    """One posting of a draft entry: a signed amount on an account (positive credits it)."""
+
+    account_id: UUID
+    amount: int
+
+
+@dataclass
+class EntryDraft:
+    kind: str
+    legs: list[Leg]
+    memo: str = ""
+    reference: str = ""
+    reverses_id: UUID | None = None
+    requested_by_id: UUID | None = None
+    # Changes to accounts' held amounts that happen with this entry (posting a hold releases it).
+    held_deltas: dict[UUID, int] = field(default_factory=dict)
+    id: UUID = field(default_factory=uuid7)
+    created_at: datetime = field(default_factory=timezone.now)
+
+
+def entry_hash(*, prev_hash: str, entry_id: Any, seq: int, kind: str, created_at: datetime, memo: str,
+               reference: str, reverses_id: Any, legs: Iterable[tuple[Any, Any, int]]) -> str:
+    """SHA-256 over the previous hash and a canonical form of the entry and its postings.
+
+    `legs` are (account id, asset id, amount); they are sorted here so that the order postings were
+    written or read in does not matter.
+    """
+    canonical_legs = ";".join(f"{a}:{b}:{amount}" for a, b, amount in sorted((str(a), str(b), int(c))
+                                                                              for a, b, c in legs))
+    text = "|".join([
+        prev_hash, str(entry_id), str(seq), kind, created_at.isoformat(), memo, reference,
+        str(reverses_id or ""), canonical_legs,
+    ])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class LedgerBatch:
+    """Locks, in-memory balances and pending writes of one tenant's ledger changes in one transaction."""
+
+    def __init__(self, tenant: Tenant) -> None:
+        if not connection.in_atomic_block:
+            raise RuntimeError("LedgerBatch must be used inside transaction.atomic()")
+        self.tenant = tenant
+        self.head: LedgerHead | None = None
+        self.accounts: dict[UUID, Account] = {}
+        self.drafts: list[EntryDraft] = []
+        self.dirty: set[UUID] = set()
+        self.entries: list[JournalEntry] = []
+        self.now = timezone.now()
+
+    # --- locking ----------------------------------------------------------------------------------------
+    def lock(self, account_ids: Iterable[UUID]) -> dict[UUID, Account]:
+        """Lock the tenant's head (first time only) and the given accounts, in primary-key order."""
+        if self.head is None:
+            LedgerHead.objects.bulk_create([LedgerHead(tenant=self.tenant)], ignore_conflicts=True)
+            self.head = LedgerHead.objects.select_for_update().get(tenant=self.tenant)
+        wanted = sorted({UUID(str(a)) for a in account_ids} - self.accounts.keys())
+        if wanted:
+            rows = (
+                Account.all_tenants.select_for_update()
+                .filter(tenant_id=self.tenant.pk, pk__in=wanted)
+                .select_related("asset")
+                .order_by("pk")
+            )
+            for account in rows:
+                self.accounts[account.pk] = account
+            missing = set(wanted) - self.accounts.keys()
+            if missing:
+                raise LookupError(f"accounts not found in tenant {self.tenant.slug}: {sorted(missing)}")
+        return self.accounts
+
+    def account(self, account_id: UUID) -> Account:
+        return self.accounts[account_id]
+
+    # --- applying ---------------------------------------------------------------------------------------
+    def _check(self, balances: dict[UUID, tuple[int, int]]) -> None:
+        for account_id, (posted, held) in balances.items():
+            account = self.accounts[account_id]
+            if account.allow_negative:
+                continue
+            before = account.posted - account.held
+            after = posted - held
+            if after < 0 and after < before:
+                raise InsufficientFunds(
+                    available=str(max(before, 0)), requested=str(before - after),
+                    asset=account.asset.code, decimals=account.asset.decimals,
+                )
+            if held < 0:
+                raise RuntimeError(f"held amount of {account_id} would go below zero")
+
+    def apply(self, draft: EntryDraft | None = None, *, held_deltas: dict[UUID, int] | None = None) -> None:
+        """Check and record an entry (or, with only `held_deltas`, a change of held amounts).
+
+        Raises InsufficientFunds or UnbalancedEntry and changes nothing when the draft is refused.
+        """
+        legs = draft.legs if draft is not None else []
+        deltas = draft.held_deltas if draft is not None else (held_deltas or {})
+        if draft is not None:
+            if len(legs) < 2:
+                raise UnbalancedEntry("An entry needs two or more postings.")
+            sums: dict[UUID, int] = defaultdict(int)
+            for leg in legs:
+                if leg.amount == 0:
+                    raise UnbalancedEntry("Postings must be non-zero.")
+                sums[self.accounts[leg.account_id].asset_id] += leg.amount
+            if any(sums.values()):
+                raise UnbalancedEntry()
+        balances: dict[UUID, tuple[int, int]] = {}
+        for leg in legs:
+            posted, held = balances.get(leg.account_id) or (self.accounts[leg.account_id].posted,
+                                                            self.accounts[leg.account_id].held)
+            balances[leg.account_id] = (posted + leg.amount, held)
+        for account_id, delta in deltas.items():
+            posted, held = balances.get(account_id) or (self.accounts[account_id].posted,
+                                                        self.accounts[account_id].held)
+            balances[account_id] = (posted, held + delta)
+        self._check(balances)
+        for account_id, (posted, held) in balances.items():
+            account = self.accounts[account_id]
+            account.posted, account.held = posted, held
+            self.dirty.add(account_id)
+        if draft is not None:
+            self.drafts.append(draft)
+
+    # --- writing ----------------------------------------------------------------------------------------
+    def flush(self) -> list[JournalEntry]:
+        """Write the recorded entries, postings, balances, head and balance events."""
+        if self.head is None:
+            return []
+        entries: list[JournalEntry] = []
+        postings: list[Posting] = []
+        seq, prev = self.head.seq, self.head.hash
+        for draft in self.drafts:
+            seq += 1
+            legs = [(leg.account_id, self.accounts[leg.account_id].asset_id, leg.amount) for leg in draft.legs]
+            digest = entry_hash(prev_hash=prev, entry_id=draft.id, seq=seq, kind=draft.kind,
+                                created_at=draft.created_at, memo=draft.memo, reference=draft.reference,
+                                reverses_id=draft.reverses_id, legs=legs)
+            entries.append(JournalEntry(
+                id=draft.id, tenant_id=self.tenant.pk, seq=seq, kind=draft.kind, memo=draft.memo,
+                reference=draft.reference, reverses_id=draft.reverses_id, requested_by_id=draft.requested_by_id,
+                created_at=draft.created_at, prev_hash=prev, hash=digest,
+            ))
+            postings.extend(
+                Posting(tenant_id=self.tenant.pk, entry_id=draft.id, account_id=account_id, asset_id=asset_id,
+                        amount=amount, created_at=draft.created_at)
+                for account_id, asset_id, amount in legs
+            )
+            prev = digest
+        if entries:
+            JournalEntry.all_tenants.bulk_create(entries)
+            Posting.all_tenants.bulk_create(postings)
+            LedgerHead.objects.filter(pk=self.head.pk).update(seq=seq, hash=prev)
+            self.head.seq, self.head.hash = seq, prev
+        self._write_balances()
+        self._emit_balance_events()
+        self.entries.extend(entries)
+        self.drafts.clear()
+        self.dirty.clear()
+        return entries
+
+    def _write_balances(self) -> None:
+        accounts = [self.accounts[a] for a in sorted(self.dirty)]
+        if not accounts:
+            return
+        now = timezone.now()
+        for account in accounts:
+            account.updated_at = now
+        if connection.vendor == "postgresql":
+            values = ", ".join(["(%s::uuid, %s::numeric, %s::numeric)"] * len(accounts))
+            params: list[Any] = []
+            for account in accounts:
+                params.extend([account.pk, account.posted, account.held])
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "UPDATE ledger_account AS a SET posted = v.posted, held = v.held, updated_at = %s "  # noqa: S608
+                    f"FROM (VALUES {values}) AS v(id, posted, held) WHERE a.id = v.id",
+                    [now, *params],
+                )
+        else:
+            Account.all_tenants.bulk_update(accounts, ["posted", "held", "updated_at"])
+
+    def _emit_balance_events(self) -> None:
+        from wallet.events.services import EventSpec, events_emit, user_stream
+
+        events = []
+        for account_id in sorted(self.dirty):
+            account = self.accounts[account_id]
+            if account.user_id is None:
+                continue
+            events.append(EventSpec(stream=user_stream(account.user_id), type="account.balance_changed",
+                                    data=balance_payload(account)))
+        if events:
+            events_emit(tenant=self.tenant, events=events)
+
+
+def balance_payload(account: Account) -> dict[str, Any]:
+    return {
+        "account_id": str(account.pk), "asset": account.asset.code, "decimals": account.asset.decimals,
+        "posted": str(account.posted), "held": str(account.held), "available": str(account.available),
+    }
+
+
+def apply_single(tenant: Tenant, draft: EntryDraft, extra_accounts: Sequence[UUID] = ()) -> JournalEntry:
+    """Lock, apply and flush one entry (inside the caller's transaction)."""
+    batch = LedgerBatch(tenant)
+    batch.lock([leg.account_id for leg in draft.legs] + list(draft.held_deltas) + list(extra_accounts))
+    batch.apply(draft)
+    return batch.flush()[0]

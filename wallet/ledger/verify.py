@@ -1,0 +1,86 @@
+"""Ledger verification: the hash chain, zero-sum entries, balances equal to their postings."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from uuid import UUID
+
+from tenants.models import Tenant
+from wallet.ledger.engine import GENESIS_HASH, entry_hash
+from wallet.ledger.models import Account, Hold, JournalEntry, LedgerHead, Posting
+
+CHUNK = 2000
+
+
+@dataclass
+class VerifyReport:
+    tenant: str
+    entries: int = 0
+    postings: int = 0
+    accounts: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def ledger_verify(*, tenant: Tenant, max_problems: int = 100) -> VerifyReport:
+    """Recompute the tenant's chain and balances from its postings; report every mismatch found."""
+    report = VerifyReport(tenant=tenant.slug)
+
+    def problem(text: str) -> None:
+        if len(report.problems) < max_problems:
+            report.problems.append(text)
+
+    sums: dict[UUID, int] = defaultdict(int)
+    prev_hash, expected_seq, last_seq = GENESIS_HASH, 1, 0
+    while True:
+        entries = list(JournalEntry.all_tenants.filter(tenant_id=tenant.pk, seq__gte=expected_seq)
+                       .order_by("seq")[:CHUNK])
+        if not entries:
+            break
+        legs_by_entry: dict[UUID, list[tuple[UUID, UUID, int]]] = defaultdict(list)
+        for entry_id, account_id, asset_id, amount in Posting.all_tenants.filter(
+            tenant_id=tenant.pk, entry_id__in=[e.pk for e in entries]
+        ).values_list("entry_id", "account_id", "asset_id", "amount"):
+            legs_by_entry[entry_id].append((account_id, asset_id, amount))
+        for entry in entries:
+            report.entries += 1
+            if entry.seq != expected_seq:
+                problem(f"entry {entry.pk}: seq {entry.seq}, expected {expected_seq} (gap or duplicate)")
+            legs = legs_by_entry.get(entry.pk, [])
+            report.postings += len(legs)
+            if len(legs) < 2:
+                problem(f"entry #{entry.seq}: {len(legs)} posting(s), needs two or more")
+            per_asset: dict[UUID, int] = defaultdict(int)
+            for account_id, asset_id, amount in legs:
+                per_asset[asset_id] += amount
+                sums[account_id] += amount
+            if any(per_asset.values()):
+                problem(f"entry #{entry.seq}: postings do not sum to zero per asset")
+            if entry.prev_hash != prev_hash:
+                problem(f"entry #{entry.seq}: prev_hash does not match the previous entry's hash")
+            digest = entry_hash(prev_hash=entry.prev_hash, entry_id=entry.pk, seq=entry.seq, kind=entry.kind,
+                                created_at=entry.created_at, memo=entry.memo, reference=entry.reference,
+                                reverses_id=entry.reverses_id, legs=legs)
+            if digest != entry.hash:
+                problem(f"entry #{entry.seq}: hash mismatch (entry or postings changed)")
+            prev_hash, expected_seq, last_seq = entry.hash, entry.seq + 1, entry.seq
+    head = LedgerHead.objects.filter(tenant_id=tenant.pk).first()
+    if head is not None and (head.seq, head.hash) != (last_seq, prev_hash):
+        problem(f"ledger head at #{head.seq} does not match the last entry #{last_seq}")
+    held: dict[UUID, int] = defaultdict(int)
+    for account_id, remaining in Hold.all_tenants.filter(tenant_id=tenant.pk, status=Hold.Status.ACTIVE
+                                                         ).values_list("account_id", "remaining"):
+        held[account_id] += remaining
+    for account in Account.all_tenants.filter(tenant_id=tenant.pk).iterator(chunk_size=CHUNK):
+        report.accounts += 1
+        if account.posted != sums.get(account.pk, 0):
+            problem(f"account {account.pk}: posted {account.posted} != sum of postings {sums.get(account.pk, 0)}")
+        if account.held != held.get(account.pk, 0):
+            problem(f"account {account.pk}: held {account.held} != active holds {held.get(account.pk, 0)}")
+        if not account.allow_negative and account.posted - account.held < 0:
+            problem(f"account {account.pk}: negative available balance {account.posted - account.held}")
+    return report
