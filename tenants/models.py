@@ -102,7 +102,7 @@ class User(AbstractBaseUser, PermissionsMixin):
     email = models.EmailField(max_length=254)
     display_name = models.CharField(max_length=150, blank=True)
     # A public name other users of the tenant can send money to (unique per tenant, ignoring case).
-    handle = models.CharField(max_length=30, null=True, blank=True, validators=[handle_validator])
+    handle = models.CharField(max_length=30, null=True, blank=True, validators=[handle_validator])  # noqa: DJ001 (NULL: no handle, outside the unique constraint)
     is_active = models.BooleanField(default=True)
     is_staff = models.BooleanField(default=False, help_text="May log into the admin.")
     date_joined = models.DateTimeField(default=timezone.now)
