@@ -33,10 +33,11 @@ async def test_header_token_authenticates(user_a: User) -> None:
                                           (b"authorization", f"Bearer {pair['access']}".encode())])
     connected, _ = await communicator.connect()
     assert connected
-    assert await communicator.receive_json_from(timeout=2) == {"type": "ready", "user": str(user_a.pk),
-                                                                "tenant": "tenant-a"}
+    ready = await communicator.receive_json_from(timeout=2)
+    assert (ready["type"], ready["user"], ready["tenant"]) == ("ready", str(user_a.pk), "tenant-a")
+    assert ready["expires_at"] > 0 and "balances" in ready["topics"]
     await communicator.send_json_to({"type": "ping"})
-    assert await communicator.receive_json_from(timeout=2) == {"type": "pong"}
+    assert (await communicator.receive_json_from(timeout=2))["type"] == "pong"
     await communicator.disconnect()
 
 

@@ -153,7 +153,14 @@ if REDIS_URL:
     CELERY_TASK_ALWAYS_EAGER = False
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "wbff"}}
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels.layers.InMemoryChannelLayer",
+            # One hub channel per process carries every event: a deep queue, and group membership that
+            # does not lapse while sockets stay connected.
+            "CONFIG": {"capacity": 100_000, "group_expiry": 10 * 365 * 86400},
+        }
+    }
     CELERY_BROKER_URL = "memory://"
     CELERY_TASK_ALWAYS_EAGER = True  # tasks run in process on the embedded default
 CELERY_TASK_EAGER_PROPAGATES = True
