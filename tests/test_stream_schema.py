@@ -61,7 +61,7 @@ async def test_real_messages_match_their_schemas(tenant_a: Tenant, user_a: User,
         services.transfer_create(tenant=tenant_a, sender=user_a, recipient=bob, asset=usd, amount=5)
         return app_key_of(tenant_a), session_start(user=bob).access, bob
 
-    key, token, bob = await database_sync_to_async(setup)()
+    key, token, _ = await database_sync_to_async(setup)()
     communicator = WebsocketCommunicator(application, f"/ws/v1/stream?app_key={key}")
     assert (await communicator.connect())[0]
     sent = [{"type": "auth", "token": token}, {"type": "subscribe", "topics": ["balances", "transactions"]},
