@@ -14,7 +14,7 @@ from django.urls import path
 from drf_spectacular.utils import extend_schema
 from drf_spectacular.views import SpectacularAPIView
 from rest_framework import serializers, status
-from rest_framework.permissions import AllowAny
+from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -84,6 +84,23 @@ class GadgetCreateApi(APIView):
         return _create_widget(request)
 
 
+class ReadsBodyFirst(IsAuthenticated):
+    """A permission that reads the parsed body before the view runs (the raw body is then gone)."""
+
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        return super().has_permission(request, view) and "name" in request.data
+
+
+class PrereadWidgetApi(APIView):
+    permission_classes = [ReadsBodyFirst]
+
+    @extend_schema(request=WidgetInputSerializer, responses={201: WidgetOutputSerializer},
+                   operation_id="test_preread_widgets_create")
+    @idempotent
+    def post(self, request: Request) -> Response:
+        return _create_widget(request)
+
+
 class AnonymousWidgetApi(APIView):
     """A misuse: @idempotent on a view anyone may call."""
 
@@ -106,6 +123,7 @@ urlpatterns = [
     path("api/v1/test/widgets", WidgetCreateApi.as_view()),
     path("api/v1/test/gadgets", GadgetCreateApi.as_view()),
     path("api/v1/test/anonymous-widgets", AnonymousWidgetApi.as_view()),
+    path("api/v1/test/preread-widgets", PrereadWidgetApi.as_view()),
     path("api/v1/test/widgets-plain", WidgetCreatePlainApi.as_view()),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
 ]

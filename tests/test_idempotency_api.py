@@ -340,7 +340,36 @@ def test_redis_that_never_answers_costs_one_short_timeout(app_a: AppClient, sett
     assert 0.2 <= elapsed < 1.5  # one timeout, then Redis is skipped for the back-off period
 
 
+def test_without_the_fast_lock_the_database_decides_alone(app_a: AppClient, settings: Any) -> None:
+    settings.IDEMPOTENCY_FAST_LOCK = False
+
+    first = post(app_a)
+    retry = post(app_a)
+    reused = post(app_a, body={"name": "red widget"})
+
+    assert type(fast_lock_backend()).__name__ == "DisabledFastLock"
+    assert first.status_code == retry.status_code == 201
+    assert retry["Idempotent-Replayed"] == "true"
+    assert retry.content == first.content
+    assert reused.status_code == 422
+    assert effect_count() == 1
+
+
 # --- contract details ---------------------------------------------------------------------------------------------
+
+
+def test_a_body_already_parsed_is_fingerprinted_from_its_data(app_a: AppClient) -> None:
+    path = "/api/v1/test/preread-widgets"  # a permission class reads request.data before the view
+
+    first = post(app_a, path=path)
+    retry = post(app_a, path=path, body='{ "name" : "blue widget" }')
+    reused = post(app_a, path=path, body={"name": "red widget"})
+
+    assert first.status_code == retry.status_code == 201
+    assert retry["Idempotent-Replayed"] == "true"
+    assert retry.content == first.content
+    assert reused.status_code == 422
+    assert effect_count() == 1
 
 
 def test_unauthenticated_use_is_a_programming_error(client_a: AppClient) -> None:

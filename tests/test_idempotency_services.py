@@ -166,6 +166,20 @@ def test_a_claim_completes_once(tenant_a: Tenant, user_a: User) -> None:
     assert bytes(IdempotencyRecord.all_tenants.get().response_body) == b"{}"
 
 
+def test_a_committed_claim_without_response_answers_409_and_is_logged(
+    tenant_a: Tenant, user_a: User, caplog: pytest.LogCaptureFixture
+) -> None:
+    with transaction.atomic():
+        claim(tenant_a, user_a, "key-1")  # a caller's bug: never completed
+    IdempotencyRecord.all_tenants.update(created_at=timezone.now() - timedelta(minutes=5))
+
+    with caplog.at_level("ERROR", logger="wallet.idempotency"), pytest.raises(IdempotencyKeyInFlight), \
+            transaction.atomic():
+        claim(tenant_a, user_a, "key-1")
+
+    assert "never completed" in caplog.text
+
+
 def test_a_rolled_back_claim_leaves_nothing(tenant_a: Tenant, user_a: User) -> None:
     with pytest.raises(RuntimeError), transaction.atomic():
         claim(tenant_a, user_a, "key-1")

@@ -47,6 +47,20 @@ def lock_ttl_seconds() -> float:
     return _number("IDEMPOTENCY_LOCK_TTL_SECONDS", DEFAULT_LOCK_TTL_SECONDS, minimum=1, kind=float)
 
 
+def fast_lock_enabled() -> bool:
+    """Whether the fast in-flight lock is used: `IDEMPOTENCY_FAST_LOCK` (default True).
+
+    Off, every request goes straight to the database path, which alone keeps every guarantee (on
+    PostgreSQL a duplicate still gets 409 at once from the advisory lock; on SQLite it waits for the first
+    to commit and replays it). The fast lock costs two Redis round trips per request and saves a duplicate
+    its database transaction.
+    """
+    value = getattr(settings, "IDEMPOTENCY_FAST_LOCK", True)
+    if isinstance(value, str):
+        return value.strip().lower() in {"1", "true", "yes", "on"}
+    return bool(value)
+
+
 def redis_url() -> str:
     """The Redis holding the fast locks: the project's `REDIS_URL` (empty: an in-process lock table)."""
     return getattr(settings, "REDIS_URL", "") or ""

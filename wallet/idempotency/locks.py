@@ -9,6 +9,7 @@ hangs costs one short timeout, not a timeout on every request.
 With `REDIS_URL` set the lock lives in Redis (`SET idem:<tenant>:<user>:<sha256(key)> <token> NX PX <ttl>`,
 released with a compare-and-delete script so a holder never frees a lock it no longer owns). Without it
 (the embedded default) it lives in a table in this process, which is exact for the single-process server.
+`IDEMPOTENCY_FAST_LOCK = False` turns it off: the database path alone then decides every request.
 """
 
 from __future__ import annotations
@@ -45,6 +46,16 @@ class FastLock(Protocol):
 
     def release(self, name: str, token: str) -> None:
         """Free the lock if `token` still holds it; never raises."""
+
+
+class DisabledFastLock:
+    """`IDEMPOTENCY_FAST_LOCK` off: always "unknown", so every request takes the database path."""
+
+    def acquire(self, name: str, token: str, ttl_seconds: float) -> bool | None:
+        return None
+
+    def release(self, name: str, token: str) -> None:
+        return None
 
 
 class LocalFastLock:
@@ -125,10 +136,13 @@ class RedisFastLock:
 _backends: dict[tuple[str, float, float], FastLock] = {}
 _backends_mutex = threading.Lock()
 _local = LocalFastLock()
+_disabled = DisabledFastLock()
 
 
 def fast_lock_backend() -> FastLock:
     """The fast-lock backend for the current settings (one per Redis URL and options, per process)."""
+    if not conf.fast_lock_enabled():
+        return _disabled
     url = conf.redis_url()
     if not url:
         return _local

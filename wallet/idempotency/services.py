@@ -15,8 +15,9 @@ commit or roll back together: a retry can never see an effect without its record
 its effect. Concurrency:
 - PostgreSQL: one statement takes `pg_try_advisory_xact_lock(<64-bit hash of tenant, user, key>)` and, only
   if it got it, inserts the pending record with `ON CONFLICT DO NOTHING`. Not getting the lock means
-  another transaction is running this key right now: 409 at once, nobody waits. The lock is held until
-  the caller's transaction ends, i.e. until the record is committed (or rolled back).
+  another transaction holds this key right now: 409 at once (nobody waits), unless the key already has a
+  completed record, which is replayed. The lock is held until the caller's transaction ends, i.e. until
+  the record is committed (or rolled back).
 - SQLite: transactions are IMMEDIATE, so writers are serialised; a duplicate waits for the first to
   commit, then finds its record and replays it.
 - Everywhere: the unique constraint on (tenant, user, key) is the final arbiter.
@@ -41,7 +42,8 @@ from wallet.idempotency import conf
 from wallet.idempotency.errors import IdempotencyKeyInFlight, IdempotencyKeyReused
 from wallet.idempotency.fingerprint import advisory_lock_id, validate_idempotency_key
 from wallet.idempotency.models import IdempotencyRecord
-from wallet.idempotency.selectors import idempotency_record_get
+from wallet.idempotency.selectors import KeyRecord, idempotency_record_get
+from wallet.idempotency.sql import quote_identifier as _quote
 
 logger = logging.getLogger("wallet.idempotency")
 
@@ -91,14 +93,14 @@ def _require_transaction(connection: BaseDatabaseWrapper, what: str) -> None:
         )
 
 
-def _stored_response(record: IdempotencyRecord, fingerprint: str) -> StoredResponse | None:
+def _stored_response(record: KeyRecord, fingerprint: str) -> StoredResponse | None:
     """The record's response (None while it is pending); 422 when it belongs to another request."""
     if record.fingerprint != fingerprint:
         raise IdempotencyKeyReused()
     if record.response_status is None:
         return None
     return StoredResponse(
-        status=record.response_status, body=bytes(record.response_body),
+        status=record.response_status, body=record.response_body,
         content_type=record.response_content_type, location=record.response_location,
     )
 
@@ -120,10 +122,6 @@ _CLAIM_COLUMNS = (
     "tenant", "user", "key", "method", "path", "fingerprint", "response_body", "response_content_type",
     "response_location", "created_at", "expires_at",
 )
-
-
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'  # a PostgreSQL identifier
 
 
 @functools.cache
@@ -204,9 +202,10 @@ def idempotency_claim(*, tenant: Tenant, user: User, key: str, fingerprint: str,
     stored = _stored_response(record, fingerprint)
     if stored is None:
         # Pending: claimed earlier in this same transaction, or (a bug) committed without a response.
-        if record.created_at < now - timedelta(seconds=conf.lock_ttl_seconds()):
+        stale_before = now - timedelta(seconds=conf.lock_ttl_seconds())
+        if IdempotencyRecord.all_tenants.filter(pk=record.id, created_at__lt=stale_before).exists():
             logger.error("idempotency record committed without a response (claimed, never completed)",
-                         extra={"record_id": record.pk})
+                         extra={"record_id": record.id})
         raise in_flight_error()
     return Claim(tenant_id=tenant.pk, user_id=user.pk, key=key, stored=stored, using=using)
 
@@ -218,17 +217,38 @@ def idempotency_complete(claim: Claim, *, status: int, body: bytes, content_type
         raise ValueError("This claim replays a stored response; there is nothing to complete.")
     connection = connections[claim.using]
     _require_transaction(connection, "idempotency_complete")
-    updated = IdempotencyRecord.all_tenants.using(claim.using).filter(
-        pk=claim.record_id, response_status__isnull=True
-    ).update(
-        response_status=status, response_body=bytes(body), response_content_type=content_type or "",
-        response_location=location or "",
-    )
+    meta = IdempotencyRecord._meta
+    values = {
+        "response_status": status, "response_body": bytes(body), "response_content_type": content_type or "",
+        "response_location": location or "",
+    }
+    params = [meta.get_field(name).get_db_prep_save(value, connection) for name, value in values.items()]
+    params.append(claim.record_id)
+    # Raw SQL: this runs on every request, and the ORM's query compilation costs more than the round trip.
+    with connection.cursor() as cursor:
+        cursor.execute(_complete_sql(), params)
+        updated = cursor.rowcount
     if updated != 1:
         raise TransactionManagementError(
             "The claimed idempotency record is gone or already completed: complete a claim once, in the "
             "transaction that claimed it."
         )
+
+
+@functools.cache
+def _complete_sql() -> str:
+    meta = IdempotencyRecord._meta
+    quote = _quote
+    assignments = ", ".join(
+        f"{quote(meta.get_field(name).column)} = %s"
+        for name in ("response_status", "response_body", "response_content_type", "response_location")
+    )
+    status = quote(meta.get_field("response_status").column)
+    # Identifiers come from the model and are quoted; every value is a query parameter.
+    return (
+        f"UPDATE {quote(meta.db_table)} SET {assignments} "  # noqa: S608
+        f"WHERE {quote(meta.pk.column)} = %s AND {status} IS NULL"
+    )
 
 
 def idempotency_purge_expired(*, now: datetime | None = None, batch_size: int | None = None) -> int:

@@ -172,6 +172,7 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_TIME_LIMIT = 300
 CELERY_BEAT_SCHEDULE: dict[str, dict] = {
     "expire-holds": {"task": "ledger.expire_holds_all", "schedule": 30.0},
+    "idempotency-purge-expired": {"task": "idempotency.purge_expired", "schedule": 3600.0},
 }
 
 # --- Auth -----------------------------------------------------------------------------------------------
@@ -216,6 +217,14 @@ TENANT_CACHE_SECONDS = env_int("TENANT_CACHE_SECONDS", 5)
 # How long a process trusts a (session, user) pair it found live; revocations made in another process
 # apply within this many seconds (0: check the database on every request).
 AUTH_CACHE_SECONDS = env_int("AUTH_CACHE_SECONDS", 2)
+
+# --- Idempotency-Key ------------------------------------------------------------------------------------
+IDEMPOTENCY_TTL_HOURS = env_int("IDEMPOTENCY_TTL_HOURS", 24)  # below 24 is refused
+IDEMPOTENCY_FAST_LOCK = env_bool("IDEMPOTENCY_FAST_LOCK", default=True)  # Redis / in-process in-flight hint
+IDEMPOTENCY_LOCK_TTL_SECONDS = env_int("IDEMPOTENCY_LOCK_TTL_SECONDS", 60)
+IDEMPOTENCY_REDIS_TIMEOUT_SECONDS = float(os.environ.get("IDEMPOTENCY_REDIS_TIMEOUT_SECONDS", "0.25"))
+IDEMPOTENCY_REDIS_BACKOFF_SECONDS = float(os.environ.get("IDEMPOTENCY_REDIS_BACKOFF_SECONDS", "5"))
+IDEMPOTENCY_PURGE_BATCH_SIZE = env_int("IDEMPOTENCY_PURGE_BATCH_SIZE", 5000)
 
 # --- API ------------------------------------------------------------------------------------------------
 API_MAX_BODY_BYTES = env_int("API_MAX_BODY_BYTES", 1024 * 1024)
