@@ -117,7 +117,9 @@ def transfers_execute(*, tenant: Tenant, requests: Sequence[TransferRequest]) ->
     from wallet.events.services import EventSpec, events_emit, user_stream
 
     results: list[Transfer | ApiError | None] = [None] * len(requests)
-    with transaction.atomic():
+    # No savepoint of its own: inside a request's transaction (Idempotency-Key) that would cost two round
+    # trips; refusals are returned, not raised, and any exception rolls back the enclosing block.
+    with transaction.atomic(savepoint=False):
         policies: dict[UUID, TenantAsset | ApiError] = {}
         for request in requests:
             if request.asset.pk not in policies:
