@@ -22,6 +22,8 @@ def _fast_and_isolated(settings: Any) -> Iterator[None]:
     # Argon2 is the production hasher; tests hash hundreds of passwords.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     settings.LOG_REQUESTS = False
+    # Tests that want the in-process outbox relay thread turn it on; it would otherwise outlive its test.
+    settings.OUTBOX_RELAY_IN_PROCESS = False
     cache.clear()
     app_key_cache.clear()
     verified_tokens.clear()

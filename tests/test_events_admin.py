@@ -76,3 +76,15 @@ def test_nobody_adds_changes_or_deletes(tenant_a: Tenant, user_a: User, superuse
         assert client.get(f"{CHANGELIST}{event.pk}/delete/").status_code == 403
         assert client.post(f"{CHANGELIST}{event.pk}/delete/", {"post": "yes"}).status_code == 403
     assert list(OutboxEvent.all_tenants.values_list("pk", "type", "seq")) == [(event.pk, "a.event", 1)]
+
+
+def test_search_by_stream_or_id(tenant_a: Tenant, user_a: User, superuser: User) -> None:
+    # given
+    event = emit_one(tenant_a, user_a, "a.event")
+    client = admin_client(superuser)
+    # when / then
+    for query, expected in ((user_stream(user_a), {str(event.pk)}), (str(event.pk), {str(event.pk)}),
+                            ("a.event", {str(event.pk)}), ("not-a-uuid", set())):
+        response = client.get(CHANGELIST, {"q": query})
+        assert response.status_code == 200
+        assert {str(obj.pk) for obj in response.context["cl"].result_list} == expected

@@ -17,7 +17,7 @@ from asgiref.sync import async_to_sync, sync_to_async
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.core.management import call_command
-from django.db import connection, connections, transaction
+from django.db import OperationalError, connections, transaction
 
 from tenants.models import Tenant, User
 from tests.factories import UserFactory
@@ -85,7 +85,16 @@ def seqs(messages: list[dict[str, Any]]) -> list[int]:
 
 
 def unpublished() -> int:
-    return OutboxEvent.all_tenants.filter(published_at__isnull=True).count()
+    # SQLite's in-memory test database shares its cache between threads, and a table that another thread (a
+    # relay) is writing answers "database table is locked" at once instead of waiting: ask again.
+    for _ in range(100):
+        try:
+            return OutboxEvent.all_tenants.filter(published_at__isnull=True).count()
+        except OperationalError as error:
+            if "locked" not in str(error):
+                raise
+            time.sleep(0.01)
+    raise AssertionError("the outbox table stayed locked")
 
 
 def _close_connection() -> None:
@@ -171,17 +180,15 @@ def test_relay_once_takes_at_most_limit_and_the_rest_follows_in_order(tenant_a: 
     assert seqs(received(everyone)) == [1, 2]
 
 
-def test_relay_refuses_to_run_inside_a_transaction(tenant_a: Tenant, user_a: User) -> None:
-    # given a committed event
+def test_relay_refuses_to_run_inside_a_transaction_and_publishes_once_outside(tenant_a: Tenant,
+                                                                               user_a: User) -> None:
+    # given a committed event (of a group nobody listens to)
     emit(tenant_a, EventSpec(user_stream(user_a), "x", {}))
-    # when / then
+    # when / then: inside a transaction it refuses and publishes nothing
     with transaction.atomic(), pytest.raises(RelayInTransactionError):
         relay_once()
     assert unpublished() == 1
-
-
-def test_a_group_without_listeners_still_marks_events_published(tenant_a: Tenant, user_a: User) -> None:
-    emit(tenant_a, EventSpec(user_stream(user_a), "x", {}))
+    # outside it publishes, listeners or not
     assert relay_once() == 1
     assert unpublished() == 0
 
@@ -292,12 +299,12 @@ def wait_until(condition: Any, timeout: float = 5.0) -> bool:
 
 
 def test_relay_forever_publishes_what_commits_while_it_runs(tenant_a: Tenant, user_a: User) -> None:
-    # given a running relay: on PostgreSQL woken by NOTIFY (polling only every 30 s), elsewhere by polling
+    # given a running relay that polls only every 30 s: a commit wakes it (PostgreSQL: NOTIFY; elsewhere the
+    # on-commit hook's process-local wake-up)
     channel = subscribe(user_group(tenant_a.pk, user_a.pk))
     emit(tenant_a, EventSpec(user_stream(user_a), "before", {}))
     stop = threading.Event()
-    poll = 30.0 if connection.vendor == "postgresql" else 0.05
-    thread = threading.Thread(target=relay_forever, args=(stop,), kwargs={"poll_seconds": poll})
+    thread = threading.Thread(target=relay_forever, args=(stop,), kwargs={"poll_seconds": 30.0})
     thread.start()
     try:
         assert wait_until(lambda: unpublished() == 0)
@@ -312,44 +319,98 @@ def test_relay_forever_publishes_what_commits_while_it_runs(tenant_a: Tenant, us
         thread.join(5)
     assert not thread.is_alive()
     assert [message["event"]["type"] for message in received(channel)] == ["before", "after", "after"]
-    assert seqs(received(channel)) == []
+
+
+def test_relay_forever_works_through_a_backlog_batch_after_batch_keeping_each_stream_in_order(
+    tenant_a: Tenant, user_a: User
+) -> None:
+    # given a backlog over three streams and a relay taking 2 events per batch (so it resumes mid-stream)
+    bob = UserFactory(tenant=tenant_a, email="bob-a@example.com")
+    channels = {stream: subscribe(group) for stream, group in (
+        (user_stream(user_a), user_group(tenant_a.pk, user_a.pk)),
+        (user_stream(bob), user_group(tenant_a.pk, bob.pk)),
+        (tenant_stream(tenant_a), tenant_group(tenant_a.pk)),
+    )}
+    emit(tenant_a, *[EventSpec(user_stream(user_a), "a", {})] * 5, *[EventSpec(user_stream(bob), "b", {})] * 3)
+    emit(tenant_a, *[EventSpec(tenant_stream(tenant_a), "t", {})] * 4, EventSpec(user_stream(user_a), "a", {}))
+    stop = threading.Event()
+    thread = threading.Thread(target=relay_forever, args=(stop,), kwargs={"poll_seconds": 30.0, "batch_size": 2})
+    # when
+    thread.start()
+    try:
+        assert wait_until(lambda: unpublished() == 0)
+    finally:
+        stop.set()
+        thread.join(5)
+    # then
+    assert {stream: seqs(received(channel)) for stream, channel in channels.items()} == {
+        user_stream(user_a): [1, 2, 3, 4, 5, 6], user_stream(bob): [1, 2, 3], tenant_stream(tenant_a): [1, 2, 3, 4],
+    }
+
+
+def test_a_batch_resumes_after_its_position_and_a_pass_wraps_around(tenant_a: Tenant, user_a: User) -> None:
+    # given streams sorted as tenant:... < user:...; a first batch stops inside the tenant stream
+    mine = subscribe(user_group(tenant_a.pk, user_a.pk))
+    everyone = subscribe(tenant_group(tenant_a.pk))
+    emit(tenant_a, *[EventSpec(tenant_stream(tenant_a), "t", {})] * 3, *[EventSpec(user_stream(user_a), "u", {})] * 2)
+    stop = threading.Event()
+    published, position, held = relay._drain(connections["default"], stop, 2, None)
+    assert (published, position, held) == (5, None, True)
+    assert seqs(received(everyone)) == [1, 2, 3]
+    assert seqs(received(mine)) == [1, 2]
+    # when a new tenant event commits (before the position in key order) and a pass starts mid-way
+    emit(tenant_a, EventSpec(tenant_stream(tenant_a), "t", {}), EventSpec(user_stream(user_a), "u", {}))
+    count, after = relay._relay_batch(connections["default"], 2, (tenant_a.pk, user_stream(user_a), 2))
+    # then that batch takes only what follows the position; the next pass, from the start, takes the rest
+    assert (count, after) == (1, None)
+    assert seqs(received(mine)) == [3]
+    assert relay._drain(connections["default"], stop, 2, None)[0] == 1
+    assert seqs(received(everyone)) == [4]
 
 
 # --- in process (embedded default) -------------------------------------------------------------------------
 
 
 async def test_in_process_the_commit_wakes_a_relay_thread_that_delivers_to_this_loop(
-    tenant_a: Tenant, user_a: User, settings: Any
+    tenant_a: Tenant, user_a: User, settings: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # given the embedded mode and a listener on this event loop (as a websocket consumer would be)
     settings.OUTBOX_RELAY_IN_PROCESS = True
     layer = get_channel_layer()
     channel = await layer.new_channel()
     await layer.group_add(user_group(tenant_a.pk, user_a.pk), channel)
+    publishers: list[str] = []
+    real_relay_batch = relay._relay_batch
 
-    def commit_in_a_request_thread() -> tuple[OutboxEvent, str | None]:
-        row = emit(tenant_a, EventSpec(user_stream(user_a), "account.credited", {"amount": "5"}))[0]
-        return row, OutboxEvent.all_tenants.filter(pk=row.pk).values_list("published_at", flat=True)[0]
+    def recording_relay_batch(*args: Any, **kwargs: Any) -> Any:
+        publishers.append(threading.current_thread().name)
+        return real_relay_batch(*args, **kwargs)
 
+    monkeypatch.setattr(relay, "_relay_batch", recording_relay_batch)
     try:
-        # when
-        row, published_at_on_return = await database_sync_to_async(commit_in_a_request_thread)()
+        # when a request thread commits an event
+        (row,) = await database_sync_to_async(emit)(tenant_a, EventSpec(user_stream(user_a), "account.credited",
+                                                                        {"amount": "5"}))
         message = await asyncio.wait_for(layer.receive(channel), 2)
-        # then: the committing thread did not publish; the relay thread did, soon after
-        assert published_at_on_return is None
+        # then the relay thread (not the committing one) delivered it here, and marked it
         assert message == expected_message(row)
-        assert relay._daemon is not None and relay._daemon[0].is_alive()
+        assert set(publishers) == {"outbox-relay"}
+        assert await sync_to_async(wait_until)(lambda: unpublished() == 0)
         await sync_to_async(stop_in_process_relay)()
-        assert await database_sync_to_async(unpublished)() == 0
+        assert relay._daemon is None
     finally:
         await close_executor_connection()
 
 
-def test_out_of_process_mode_starts_no_thread(tenant_a: Tenant, user_a: User) -> None:
+@pytest.mark.django_db
+def test_out_of_process_mode_starts_no_thread(tenant_a: Tenant, user_a: User,
+                                              django_capture_on_commit_callbacks: Any) -> None:
     # given OUTBOX_RELAY_IN_PROCESS off (the fixture)
-    # when
-    emit(tenant_a, EventSpec(user_stream(user_a), "x", {}))
+    # when the transaction's on-commit hooks run
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        emit(tenant_a, EventSpec(user_stream(user_a), "x", {}))
     # then
+    assert len(callbacks) == 1
     assert relay._daemon is None
     assert unpublished() == 1
 
@@ -374,23 +435,31 @@ def test_relay_outbox_once_publishes_everything_pending(tenant_a: Tenant, user_a
 
 @pytest.mark.redis
 @pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="needs REDIS_URL (run under .ci/with-services)")
-async def test_through_the_redis_pubsub_layer(tenant_a: Tenant, user_a: User, settings: Any) -> None:
-    # given the production channel layer and a subscriber on this loop
+async def test_through_the_redis_pubsub_layer(tenant_a: Tenant, user_a: User, user_b: User, settings: Any) -> None:
+    # given the production channel layer and subscribers on this loop: a user, the tenant, another tenant's user
     settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
                                            "CONFIG": {"hosts": [os.environ["REDIS_URL"]],
                                                       "prefix": f"test{uuid.uuid4().hex[:8]}"}}}
     layer = get_channel_layer()
-    channel = await layer.new_channel()
-    await layer.group_add(user_group(tenant_a.pk, user_a.pk), channel)
+    channels = {}
+    for name, group in (("alice", user_group(tenant_a.pk, user_a.pk)), ("tenant", tenant_group(tenant_a.pk)),
+                        ("bob", user_group(user_b.tenant_id, user_b.pk))):
+        channels[name] = await layer.new_channel()
+        await layer.group_add(group, channels[name])
     try:
-        rows = await database_sync_to_async(emit)(tenant_a, *[EventSpec(user_stream(user_a), "x", {"n": n})
-                                                              for n in range(20)])
+        alice = await database_sync_to_async(emit)(
+            tenant_a, *[EventSpec(user_stream(user_a), "x", {"n": n}) for n in range(30)])
+        everyone = await database_sync_to_async(emit)(tenant_a, EventSpec(tenant_stream(tenant_a), "t", {}))
+        bob = await database_sync_to_async(emit)(user_b.tenant, EventSpec(user_stream(user_b), "y", {}))
         # when
         published = await database_sync_to_async(relay_once)()
-        # then
-        messages = [await asyncio.wait_for(layer.receive(channel), 2) for _ in rows]
-        assert published == 20
-        assert messages == [expected_message(row) for row in rows]
+        # then: the pipelined publication is in use, and each group got its stream in order
+        assert relay._pubsub_shards(layer, [("t.x", {"type": "x"})]) is not None
+        assert published == 32
+        assert [await asyncio.wait_for(layer.receive(channels["alice"]), 2) for _ in alice] == [
+            expected_message(row) for row in alice]
+        assert await asyncio.wait_for(layer.receive(channels["tenant"]), 2) == expected_message(everyone[0])
+        assert await asyncio.wait_for(layer.receive(channels["bob"]), 2) == expected_message(bob[0])
     finally:
         await layer.flush()
         await close_executor_connection()

@@ -82,8 +82,8 @@ async def test_missing_or_unknown_app_key_is_refused(db) -> None:
                         "invalid_app_key")
 
 
-async def test_no_auth_message_in_time_closes(user_a: User, monkeypatch) -> None:
-    monkeypatch.setattr(consumers, "AUTH_TIMEOUT_SECONDS", 0.2)
+async def test_no_auth_message_in_time_closes(user_a: User, settings) -> None:
+    settings.STREAM_AUTH_TIMEOUT_SECONDS = 0.2
     communicator = _communicator(headers=[(b"x-app-key", (await _key(user_a.tenant)).encode())])
     await _expect_close(communicator, consumers.CLOSE_AUTH_TIMEOUT, "auth_timeout")
 

@@ -7,6 +7,10 @@
 - `OUTBOX_RELAY_BATCH_SIZE` (500): events read, published and marked per relay batch.
 - `OUTBOX_RETENTION_HOURS` (72): published events younger than this are kept for replay.
 - `OUTBOX_RETAIN_PER_STREAM` (1000): the newest this-many events of every stream are kept whatever their age.
+- `OUTBOX_NOTIFY` (True): on PostgreSQL with an out-of-process relay, `events_emit` sends a NOTIFY so that
+  the relay publishes within milliseconds. PostgreSQL serialises the commits of notifying transactions (a
+  database-wide lock held through the commit's WAL flush): with many small concurrent transactions, turn it
+  off and lower `OUTBOX_POLL_SECONDS` instead (the relay then finds events by polling).
 - `OUTBOX_NOTIFY_CHANNEL` ("wallet_outbox"): the PostgreSQL LISTEN/NOTIFY channel that wakes the relay.
 """
 
@@ -41,6 +45,10 @@ def retention_hours() -> float:
 
 def retain_per_stream() -> int:
     return int(getattr(settings, "OUTBOX_RETAIN_PER_STREAM", 1000))
+
+
+def notify() -> bool:
+    return bool(getattr(settings, "OUTBOX_NOTIFY", True))
 
 
 def notify_channel() -> str:

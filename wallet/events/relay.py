@@ -14,6 +14,8 @@ How it works
   publishes nothing (`relay_once` returns 0) and `relay_forever` waits as a standby.
 - `relay_forever` keeps a position between batches and wraps around, so a backlog is worked through
   round-robin over streams instead of always starting with the same streams.
+- On the channels_redis pub/sub layer, a batch is published with one pipelined round trip per Redis shard
+  (same channel names and serialisation as `group_send`); any other layer gets one `group_send` per event.
 
 Where it runs (`OUTBOX_RELAY_IN_PROCESS`, default: on when `REDIS_URL` is unset)
 - Embedded (on): the on-commit hook of `events_emit` wakes a daemon thread of the committing process, started
@@ -23,7 +25,8 @@ Where it runs (`OUTBOX_RELAY_IN_PROCESS`, default: on when `REDIS_URL` is unset)
 - Production (off): `manage.py relay_outbox` runs `relay_forever` in its own process. `events_emit` sends a
   `pg_notify` in its transaction (delivered at commit) and the relay LISTENs, with a poll every
   `OUTBOX_POLL_SECONDS` as a fallback. Behind PgBouncer it needs a session-pooled connection (LISTEN and
-  session advisory locks).
+  session advisory locks). NOTIFY serialises commits (see `OUTBOX_NOTIFY` in `wallet.events.conf`).
+- Any `relay_forever` without LISTEN in the committing process is woken by the on-commit hook too.
 """
 
 from __future__ import annotations
@@ -202,13 +205,63 @@ def _message(row: tuple) -> tuple[str, dict[str, Any]]:
 
 async def _publish(layer: Any, messages: Sequence[tuple[str, dict[str, Any]]], sent: list[int]) -> None:
     """Send in order; `sent[0]` counts the messages the layer has taken (read after a failure)."""
+    shards = _pubsub_shards(layer, messages)
+    if shards is not None:
+        await _publish_pipelined(shards, sent)
+        return
     for group, message in messages:
         await layer.group_send(group, message)
         sent[0] += 1
 
 
+def _pubsub_shards(layer: Any, messages: Sequence[tuple[str, dict[str, Any]]]) -> dict[Any, list] | None:
+    """For a channels_redis pub/sub layer (4.x internals, checked): the messages as its `group_send` would
+    publish them (channel name, serialised payload), grouped by shard. None for any other layer."""
+    if type(layer).__name__ != "RedisPubSubChannelLayer" or not hasattr(layer, "_get_layer"):
+        return None
+    loop_layer = layer._get_layer()
+    if not (hasattr(loop_layer, "_get_group_channel_name") and hasattr(loop_layer, "_get_shard")):
+        return None
+    shards: dict[Any, list[tuple[str, bytes]]] = {}
+    for group, message in messages:
+        name = loop_layer._get_group_channel_name(group)
+        shard = loop_layer._get_shard(name)
+        if not all(hasattr(shard, attribute) for attribute in ("_lock", "_ensure_redis")):
+            return None
+        shards.setdefault(shard, []).append((name, layer.serialize(message)))
+    return shards
+
+
+async def _publish_pipelined(shards: dict[Any, list[tuple[str, bytes]]], sent: list[int]) -> None:
+    """Publish with one pipelined round trip per shard instead of one per message (~25x faster).
+
+    A group always maps to the same shard and a pipeline keeps its order, so each stream stays in order.
+    On a failure nothing counts as sent: the whole batch goes again (at least once).
+    """
+    total = 0
+    for shard, items in shards.items():
+        async with shard._lock:
+            shard._ensure_redis()
+            pipeline = shard._redis.pipeline(transaction=False)
+            for name, payload in items:
+                pipeline.publish(name, payload)
+            await pipeline.execute()
+        total += len(items)
+    sent[0] = total
+
+
 def _mark_published(connection: BaseDatabaseWrapper, ids: Sequence[Any]) -> None:
+    """Set `published_at` on the rows `ids`: on PostgreSQL one statement with one array parameter."""
     now = timezone.now()
+    if connection.vendor == "postgresql":
+        quote = connection.ops.quote_name
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE {quote(OutboxEvent._meta.db_table)} SET {quote('published_at')} = %s "  # noqa: S608
+                f"WHERE {quote('id')} = ANY(%s::uuid[])",
+                [now, list(ids)],
+            )
+        return
     manager = OutboxEvent.all_tenants.using(connection.alias)
     for start in range(0, len(ids), _MARK_CHUNK):
         manager.filter(id__in=ids[start:start + _MARK_CHUNK]).update(published_at=now)
@@ -261,7 +314,8 @@ _wake_event = threading.Event()
 
 
 def _drain(connection: BaseDatabaseWrapper, stop_event: threading.Event, batch_size: int,
-           position: Position | None) -> tuple[int, Position | None, bool]:
+           position: Position | None, between_batches: Callable[[], None] | None = None,
+           ) -> tuple[int, Position | None, bool]:
     """Relay batches until a full pass from the start finds less than a batch. Returns (published,
     position, whether this relay held the lock)."""
     total = 0
@@ -274,7 +328,16 @@ def _drain(connection: BaseDatabaseWrapper, stop_event: threading.Event, batch_s
             total += count
             if from_start and position is None:
                 break
+            if between_batches is not None:
+                between_batches()
     return total, position, True
+
+
+def _discard_notifications(connection: BaseDatabaseWrapper) -> None:
+    """Drop the notifications that arrived meanwhile (psycopg keeps them): the scan under way covers them,
+    and under sustained load a drain can last long enough for them to pile up."""
+    for _ in connection.connection.notifies(timeout=0):
+        pass
 
 
 def _wait_for_notify(connection: BaseDatabaseWrapper, seconds: float, stop_event: threading.Event) -> None:
@@ -288,8 +351,20 @@ def _wait_for_notify(connection: BaseDatabaseWrapper, seconds: float, stop_event
             return
         if any(True for _ in pg_connection.notifies(timeout=min(remaining, 0.5), stop_after=1)):
             break
-    for _ in pg_connection.notifies(timeout=0):
-        pass
+    _discard_notifications(connection)
+
+
+def _wait_for_wake(seconds: float, stop_event: threading.Event) -> bool:
+    """Wait up to `seconds` for the process-local wake-up, looking at `stop_event` at least twice a second;
+    True when woken."""
+    deadline = time.monotonic() + seconds
+    while not stop_event.is_set():
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        if _wake_event.wait(min(remaining, 0.5)):
+            return True
+    return False
 
 
 def relay_forever(stop_event: threading.Event, *, poll_seconds: float | None = None, listen: bool | None = None,
@@ -313,7 +388,7 @@ def relay_forever(stop_event: threading.Event, *, poll_seconds: float | None = N
                 failures = 0
             except Exception:
                 failures += 1
-                delay = min(_MAX_BACKOFF_SECONDS, 0.5 * 2 ** (failures - 1))
+                delay = min(_MAX_BACKOFF_SECONDS, 0.1 * 2 ** (failures - 1))
                 logger.exception("outbox relay failed; retrying", extra={"retry_in_seconds": delay})
                 connection.close()
                 stop_event.wait(delay)
@@ -334,11 +409,12 @@ def _serve(connection: BaseDatabaseWrapper, stop_event: threading.Event, poll: f
     standby_logged = False
     while not stop_event.is_set():
         if active is not None and not active():
-            _wake_event.wait(poll)
+            _wait_for_wake(poll, stop_event)
             _wake_event.clear()
             continue
         _wake_event.clear()  # before the scan: a wake-up during it makes the next wait return at once
-        published, position, held = _drain(connection, stop_event, batch, position)
+        published, position, held = _drain(connection, stop_event, batch, position,
+                                           (lambda: _discard_notifications(connection)) if use_listen else None)
         if not held and not standby_logged:
             logger.info("another relay holds the outbox lock; standing by")
         standby_logged = not held
@@ -347,7 +423,7 @@ def _serve(connection: BaseDatabaseWrapper, stop_event: threading.Event, poll: f
         if use_listen:
             _wait_for_notify(connection, poll, stop_event)
         else:
-            woken = _wake_event.wait(poll)
+            woken = _wait_for_wake(poll, stop_event)
             if not woken and connection.vendor != "postgresql":
                 connection.close()  # idle: an embedded relay holds no connection between polls
 
@@ -359,12 +435,12 @@ _daemon: tuple[threading.Thread, threading.Event] | None = None
 
 
 def wake_relay() -> None:
-    """The on-commit hook of `events_emit`: in the embedded mode, start the in-process relay thread if
-    needed and wake it. Returns at once; never publishes in the caller's thread."""
-    if not conf.relay_in_process():
-        return
-    _capture_delivery_loop()
-    _ensure_daemon()
+    """The on-commit hook of `events_emit`: wake any relay running in this process (`relay_forever`
+    without LISTEN) and, in the embedded mode, start the in-process relay thread if needed. Returns at
+    once; never publishes in the caller's thread."""
+    if conf.relay_in_process():
+        _capture_delivery_loop()
+        _ensure_daemon()
     _wake_event.set()
 
 
@@ -398,11 +474,12 @@ def stop_in_process_relay(timeout: float = 5.0) -> None:
 
 def _reset_after_fork() -> None:
     """A forked child has none of its parent's threads: forget them and their locks."""
-    global _daemon, _process_runner_lock, _daemon_lock, _delivery_loop
+    global _daemon, _process_runner_lock, _daemon_lock, _delivery_loop, _wake_event
     _daemon = None
     _delivery_loop = None
     _process_runner_lock = threading.Lock()
     _daemon_lock = threading.Lock()
+    _wake_event = threading.Event()
     _thread_state.__dict__.clear()
 
 

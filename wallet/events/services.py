@@ -6,7 +6,7 @@ on PostgreSQL with an out-of-process relay, one `pg_notify` per transaction.
 
 On PostgreSQL the cursors are upserted from two arrays (`unnest ... WITH ORDINALITY`) and the events go in
 with `COPY`: Django's psycopg cursors bind parameters client-side, which made a 193-event `bulk_create`
-cost ~20 ms of Python against ~4 ms for `COPY` (see docs/ARCHITECTURE.md, "Outbox"). Elsewhere (SQLite,
+cost ~20 ms of Python against ~4 ms for `COPY` (193 events over 129 streams). Elsewhere (SQLite,
 the embedded default) a multi-row `INSERT ... ON CONFLICT ... RETURNING` and `bulk_create`.
 """
 
@@ -251,7 +251,7 @@ def _wake_relay_after_commit(connection: BaseDatabaseWrapper, alias: str) -> Non
     """
     if any(entry[1] is _after_commit for entry in connection.run_on_commit):
         return
-    if connection.vendor == "postgresql" and not conf.relay_in_process():
+    if connection.vendor == "postgresql" and conf.notify() and not conf.relay_in_process():
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_notify(%s, '')", [conf.notify_channel()])
     transaction.on_commit(_after_commit, using=alias, robust=True)

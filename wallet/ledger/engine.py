@@ -85,6 +85,8 @@ class LedgerBatch:
         self.drafts: list[EntryDraft] = []
         self.dirty: set[UUID] = set()
         self.entries: list[JournalEntry] = []
+        # Events written with the flush, after the balance events, in one outbox call per transaction.
+        self.events: list[Any] = []
         self.now = timezone.now()
 
     # --- locking ----------------------------------------------------------------------------------------
@@ -229,6 +231,8 @@ class LedgerBatch:
                 continue
             events.append(EventSpec(stream=user_stream(account.user_id), type="account.balance_changed",
                                     data=balance_payload(account)))
+        events.extend(self.events)
+        self.events = []
         if events:
             events_emit(tenant=self.tenant, events=events)
 

@@ -114,7 +114,7 @@ def transfers_execute(*, tenant: Tenant, requests: Sequence[TransferRequest]) ->
     Each request succeeds or is refused on its own (insufficient funds, limits); the result list matches
     the request list. Nothing is visible to anyone before the caller's transaction commits.
     """
-    from wallet.events.services import EventSpec, events_emit, user_stream
+    from wallet.events.services import EventSpec, user_stream
 
     results: list[Transfer | ApiError | None] = [None] * len(requests)
     # No savepoint of its own: inside a request's transaction (Idempotency-Key) that would cost two round
@@ -181,14 +181,13 @@ def transfers_execute(*, tenant: Tenant, requests: Sequence[TransferRequest]) ->
                                     data={**payload, "direction": "out"}))
             events.append(EventSpec(stream=user_stream(request.recipient.pk), type="transfer.completed",
                                     data={**payload, "direction": "in"}))
+        batch.events.extend(events)
         batch.flush()
         if transfers:
             Transfer.all_tenants.bulk_create(transfers)
         changed = [row for key, row in usage.items() if row.amount != used_before[key]]
         if changed:
             DailyUsage.all_tenants.bulk_update(changed, ["amount"])
-        if events:
-            events_emit(tenant=tenant, events=events)
     return results  # type: ignore[return-value]
 
 
@@ -242,8 +241,8 @@ def hold_place(*, tenant: Tenant, account: Account, amount: int, memo: str = "",
         batch.apply(held_deltas={account.pk: amount})
         hold = Hold.all_tenants.create(tenant_id=tenant.pk, account=locked, amount=amount, remaining=amount,
                                        memo=memo, expires_at=expires_at, created_by=created_by)
+        _hold_event(batch, hold, "placed")
         batch.flush()
-        _emit_hold(tenant, hold, "placed")
     return hold
 
 
@@ -271,12 +270,12 @@ def hold_post(*, tenant: Tenant, hold: Hold, amount: int, destination: Account, 
                            legs=[Leg(locked.account_id, -amount), Leg(destination.pk, amount)],
                            held_deltas={locked.account_id: -amount})
         batch.apply(draft)
-        (entry,) = batch.flush()
         locked.remaining -= amount
         locked.status = Hold.Status.POSTED if locked.remaining == 0 else Hold.Status.ACTIVE
         locked.updated_at = timezone.now()
         locked.save(update_fields=["remaining", "status", "updated_at"])
-        _emit_hold(tenant, locked, "posted")
+        _hold_event(batch, locked, "posted")
+        (entry,) = batch.flush()
     hold.remaining, hold.status = locked.remaining, locked.status
     return entry
 
@@ -287,11 +286,11 @@ def hold_void(*, tenant: Tenant, hold: Hold, status: str = Hold.Status.VOIDED) -
         batch = LedgerBatch(tenant)
         locked = _locked_hold(tenant, hold.pk, batch)
         batch.apply(held_deltas={locked.account_id: -locked.remaining})
-        batch.flush()
         locked.status = status
         locked.updated_at = timezone.now()
         locked.save(update_fields=["status", "updated_at"])
-        _emit_hold(tenant, locked, "voided" if status == Hold.Status.VOIDED else "expired")
+        _hold_event(batch, locked, "voided" if status == Hold.Status.VOIDED else "expired")
+        batch.flush()
     return locked
 
 
@@ -310,12 +309,12 @@ def holds_expire(*, tenant: Tenant, now: datetime | None = None, limit: int = 50
     return count
 
 
-def _emit_hold(tenant: Tenant, hold: Hold, kind: str) -> None:
-    from wallet.events.services import EventSpec, events_emit, user_stream
+def _hold_event(batch: LedgerBatch, hold: Hold, kind: str) -> None:
+    from wallet.events.services import EventSpec, user_stream
 
     if hold.account.user_id is not None:
-        events_emit(tenant=tenant, events=[EventSpec(stream=user_stream(hold.account.user_id), type=f"hold.{kind}",
-                                                     data=hold_payload(hold))])
+        batch.events.append(EventSpec(stream=user_stream(hold.account.user_id), type=f"hold.{kind}",
+                                      data=hold_payload(hold)))
 
 
 # --- funding and reversals ---------------------------------------------------------------------------------

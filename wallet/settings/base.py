@@ -173,6 +173,7 @@ CELERY_TASK_TIME_LIMIT = 300
 CELERY_BEAT_SCHEDULE: dict[str, dict] = {
     "expire-holds": {"task": "ledger.expire_holds_all", "schedule": 30.0},
     "idempotency-purge-expired": {"task": "idempotency.purge_expired", "schedule": 3600.0},
+    "events-purge-published": {"task": "events.purge_published", "schedule": 3600.0},
 }
 
 # --- Auth -----------------------------------------------------------------------------------------------
@@ -217,6 +218,27 @@ TENANT_CACHE_SECONDS = env_int("TENANT_CACHE_SECONDS", 5)
 # How long a process trusts a (session, user) pair it found live; revocations made in another process
 # apply within this many seconds (0: check the database on every request).
 AUTH_CACHE_SECONDS = env_int("AUTH_CACHE_SECONDS", 2)
+
+# --- Outbox relay ----------------------------------------------------------------------------------------
+# In process (a daemon thread publishes after each commit) on the embedded default; production runs
+# `manage.py relay_outbox`, woken by NOTIFY at commit, polling as a fallback.
+OUTBOX_RELAY_IN_PROCESS = env_bool("OUTBOX_RELAY_IN_PROCESS", default=not REDIS_URL)
+OUTBOX_POLL_SECONDS = float(os.environ.get("OUTBOX_POLL_SECONDS", "1.0"))
+OUTBOX_NOTIFY = env_bool("OUTBOX_NOTIFY", default=True)
+OUTBOX_RELAY_BATCH_SIZE = env_int("OUTBOX_RELAY_BATCH_SIZE", 500)
+OUTBOX_RETENTION_HOURS = env_int("OUTBOX_RETENTION_HOURS", 72)
+OUTBOX_RETAIN_PER_STREAM = env_int("OUTBOX_RETAIN_PER_STREAM", 1000)
+
+# --- Stream (docs/STREAM.md) --------------------------------------------------------------------------------
+STREAM_AUTH_TIMEOUT_SECONDS = float(os.environ.get("STREAM_AUTH_TIMEOUT_SECONDS", "5"))
+STREAM_HEARTBEAT_SECONDS = env_int("STREAM_HEARTBEAT_SECONDS", 20)
+STREAM_IDLE_TIMEOUT_SECONDS = env_int("STREAM_IDLE_TIMEOUT_SECONDS", 60)
+STREAM_MAX_MESSAGE_BYTES = env_int("STREAM_MAX_MESSAGE_BYTES", 16_384)
+STREAM_RATE_PER_SECOND = env_int("STREAM_RATE_PER_SECOND", 10)
+STREAM_RATE_BURST = env_int("STREAM_RATE_BURST", 30)
+STREAM_BUFFER_MAX_MESSAGES = env_int("STREAM_BUFFER_MAX_MESSAGES", 1000)
+STREAM_BUFFER_MAX_BYTES = env_int("STREAM_BUFFER_MAX_BYTES", 1_048_576)
+STREAM_REPLAY_MAX_EVENTS = env_int("STREAM_REPLAY_MAX_EVENTS", 1000)
 
 # --- Idempotency-Key ------------------------------------------------------------------------------------
 IDEMPOTENCY_TTL_HOURS = env_int("IDEMPOTENCY_TTL_HOURS", 24)  # below 24 is refused
