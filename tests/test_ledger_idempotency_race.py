@@ -11,7 +11,7 @@ from django.conf import settings
 from django.db import connections
 
 from tenants.models import Tenant, User
-from tests.conftest import AppClient, app_key_of
+from tests.conftest import AppClient
 from tests.factories import UserFactory
 from tests.ledger_helpers import balance, enable, fund
 from tests.test_idempotency_concurrency import (
@@ -20,6 +20,7 @@ from tests.test_idempotency_concurrency import (
     _services_redis_in_use,
     _start_redis,
     _wait_for,
+    signed_in_clients,
 )
 from wallet.idempotency.locks import reset_fast_locks
 from wallet.ledger.models import Transfer
@@ -40,15 +41,6 @@ def _fresh_fast_locks():
     reset_fast_locks()
     yield
     reset_fast_locks()
-
-
-def _clients(tenant: Tenant, user: User, count: int) -> list[AppClient]:
-    clients = []
-    for _ in range(count):
-        client = AppClient(app_key_of(tenant))
-        client.login_as(user)
-        clients.append(client)
-    return clients
 
 
 def _race(clients: list[AppClient], key: str) -> list[tuple[int, bytes, bool]]:
@@ -96,7 +88,7 @@ def payer(tenant_a: Tenant) -> User:
 
 
 def test_fifty_identical_transfer_posts_move_money_once(tenant_a: Tenant, payer: User) -> None:
-    answers = _race(_clients(tenant_a, payer, 50), "pay-rent-november")
+    answers = _race(signed_in_clients(tenant_a, payer, 50), "pay-rent-november")
     assert len(answers) == 50
     _assert_one(answers)
     assert Transfer.all_tenants.count() == 1
@@ -115,7 +107,7 @@ def test_the_same_key_from_another_user_or_tenant_is_independent(tenant_a: Tenan
     answers = {}
     for label, (tenant, user) in {"payer": (tenant_a, payer), "other": (tenant_a, other),
                                   "foreign": (tenant_b, foreign)}.items():
-        client = _clients(tenant, user, 1)[0]
+        client = signed_in_clients(tenant, user, 1)[0]
         response = client.post("/api/v1/transfers", data=BODY, content_type="application/json",
                                HTTP_IDEMPOTENCY_KEY="same-key")
         answers[label] = response
@@ -130,13 +122,13 @@ def test_with_redis_stopped_mid_test_still_exactly_one_transfer(tenant_a: Tenant
     if not _services_redis_in_use():
         pytest.skip("needs the Redis of .ci/services (SERVICES_DIR) as REDIS_URL")
     port = _redis_port()
-    first = _race(_clients(tenant_a, payer, 20), "before-redis-stops")
+    first = _race(signed_in_clients(tenant_a, payer, 20), "before-redis-stops")
     _assert_one(first)
     subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", port, "shutdown", "nosave"], capture_output=True,
                    timeout=10, check=False)
     try:
         _wait_for(lambda: not _redis_answers(port))
-        second = _race(_clients(tenant_a, payer, 30), "after-redis-stopped")
+        second = _race(signed_in_clients(tenant_a, payer, 30), "after-redis-stopped")
     finally:
         if not _redis_answers(port):
             _start_redis(port)

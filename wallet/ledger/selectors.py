@@ -38,6 +38,11 @@ def access_account(*, tenant: Tenant, user: User, account_id: Any) -> Account:
                         queryset=Account.all_tenants.filter(user=user).select_related("asset"))
 
 
+def account_get(*, tenant: Tenant, account_id: Any) -> Account:
+    """An account of the tenant by id (services already proved it belongs to the caller)."""
+    return Account.objects.for_tenant(tenant).select_related("asset").get(pk=account_id)
+
+
 def account_postings(*, tenant: Tenant, account: Account, since: datetime | None = None,
                      until: datetime | None = None, kinds: list[str] | None = None) -> QuerySet[Posting]:
     queryset = Posting.objects.for_tenant(tenant).filter(account=account).select_related("entry", "asset")

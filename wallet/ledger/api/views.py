@@ -149,7 +149,7 @@ class HoldCreateApi(APIView):
         asset = selectors.asset_enabled_by_code(tenant=tenant, code=values["asset"])
         account_id = services.user_accounts_ensure(tenant=tenant, pairs=[(request.user.pk, asset.pk)])[
             (request.user.pk, asset.pk)]
-        account = Account.all_tenants.select_related("asset").get(pk=account_id)
+        account = selectors.account_get(tenant=tenant, account_id=account_id)
         hold = services.hold_place(tenant=tenant, account=account, amount=values["amount"], memo=values["memo"],
                                    expires_at=services.expiry_default(values.get("expires_in_seconds")),
                                    created_by=request.user)
