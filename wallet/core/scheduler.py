@@ -30,6 +30,8 @@ class InProcessScheduler(threading.Thread):
     def run(self) -> None:
         from celery import current_app
 
+        # Task modules are imported by a worker at start-up; in process nothing else imports them.
+        current_app.loader.import_default_modules()
         due = {name: time.monotonic() + self._interval(entry) for name, entry in self.schedule.items()}
         while not self.stopping.wait(1.0):
             now = time.monotonic()

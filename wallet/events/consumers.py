@@ -82,8 +82,11 @@ class StreamConsumer(AsyncWebsocketConsumer):
         self.prefixes: dict[str, tuple[str, ...]] = {}
         self.joined: dict[str, str] = {}
         self.positions: dict[str, int] = {}
-        self.queue: collections.deque[str] = collections.deque()
-        self.queued_bytes = 0
+        # (text, live): only live messages count against the buffer cap; a catch-up is bounded by
+        # STREAM_REPLAY_MAX_EVENTS instead, so a client far behind is not mistaken for a slow one.
+        self.queue: collections.deque[tuple[str, bool]] = collections.deque()
+        self.live_count = 0
+        self.live_bytes = 0
         self.flushing = False
         self.closing = False
         self.replaying = False
@@ -284,6 +287,8 @@ class StreamConsumer(AsyncWebsocketConsumer):
             return
         if self.replaying:
             self.pending.append((stream, seq, event, encoded))
+            if len(self.pending) > _setting("STREAM_BUFFER_MAX_MESSAGES", 1000):
+                _spawn(self._close_with(CLOSE_SLOW_CONSUMER, "slow_consumer"))
             return
         position = self.positions.get(stream, 0)
         if seq <= position:
@@ -301,17 +306,20 @@ class StreamConsumer(AsyncWebsocketConsumer):
         kind = public_stream(stream)
         if not event["type"].startswith(self.prefixes.get(kind, ())):
             return  # not a subscribed topic: the position moves on, nothing is sent
-        self._enqueue(encoded if encoded is not None and not recovered else encode_event(event, recovered=recovered))
+        text = encoded if encoded is not None and not recovered else encode_event(event, recovered=recovered)
+        self._enqueue(text, live=not recovered)
 
-    def _enqueue(self, text: str) -> None:
+    def _enqueue(self, text: str, *, live: bool = True) -> None:
         if self.closing:
             return
-        self.queue.append(text)
-        self.queued_bytes += len(text)
-        if (len(self.queue) > _setting("STREAM_BUFFER_MAX_MESSAGES", 1000)
-                or self.queued_bytes > _setting("STREAM_BUFFER_MAX_BYTES", 1_048_576)):
-            _spawn(self._close_with(CLOSE_SLOW_CONSUMER, "slow_consumer"))
-            return
+        self.queue.append((text, live))
+        if live:
+            self.live_count += 1
+            self.live_bytes += len(text)
+            if (self.live_count > _setting("STREAM_BUFFER_MAX_MESSAGES", 1000)
+                    or self.live_bytes > _setting("STREAM_BUFFER_MAX_BYTES", 1_048_576)):
+                _spawn(self._close_with(CLOSE_SLOW_CONSUMER, "slow_consumer"))
+                return
         if not self.flushing:
             self.flushing = True
             _spawn(self._flush())
@@ -319,8 +327,10 @@ class StreamConsumer(AsyncWebsocketConsumer):
     async def _flush(self) -> None:
         try:
             while self.queue and not self.closing:
-                text = self.queue.popleft()
-                self.queued_bytes -= len(text)
+                text, live = self.queue.popleft()
+                if live:
+                    self.live_count -= 1
+                    self.live_bytes -= len(text)
                 await self.send(text_data=text)
                 self.last_sent = time.monotonic()
         except Exception:
