@@ -75,7 +75,7 @@ def session_refresh(*, tenant: Tenant, refresh_token: str) -> TokenPair:
     reused = False
     with transaction.atomic():
         row = (
-            RefreshToken.all_tenants.select_for_update()
+            RefreshToken.all_tenants.select_for_update(of=("self",))
             .select_related("session", "session__user")
             .filter(token_hash=_hash(refresh_token))
             .first()

@@ -2,16 +2,19 @@
 
 `LedgerBatch` is used inside the caller's `transaction.atomic()` block:
 
-1. `lock(account_ids)` takes the tenant's `LedgerHead` row lock first, then the accounts' row locks in
-   primary-key order. Every ledger writer of a tenant takes the head first, so writers queue on one row
-   instead of deadlocking on accounts, and the hash chain has a single next position.
+1. `lock(account_ids)` takes the accounts' row locks in primary-key order.
 2. `apply(draft)` checks an entry (two or more postings, zero sum per asset, no account that may not go
    negative goes below zero) against the in-memory balances and records it; a refused draft changes
    nothing, so one batch can hold many independent transfers and refuse some of them.
-3. `flush()` writes everything in a few statements: entries (with sequence numbers and hashes), postings,
-   account balances, the new head, and `account.balance_changed` events to the owners' streams.
+3. `flush()` writes the balances and the events (`account.balance_changed` to the owners' streams, plus
+   whatever the caller queued in `events`), and only then takes the tenant's `LedgerHead` row lock, numbers
+   and hashes the entries, and inserts them with their postings.
 
-Nothing is acknowledged to anyone before the caller's transaction commits.
+Lock order, the same for every writer: accounts (by primary key), daily-usage rows, event-stream cursors,
+then the ledger head. The head is taken last and held only for the entry inserts and the commit, so
+transfers on disjoint accounts run in parallel and queue only for their place in the hash chain. Callers
+write everything else of the transaction (transfers, usage) before `flush()`; foreign keys to the entries
+are deferred to commit. Nothing is acknowledged to anyone before the caller's transaction commits.
 """
 
 from __future__ import annotations
@@ -91,14 +94,12 @@ class LedgerBatch:
 
     # --- locking ----------------------------------------------------------------------------------------
     def lock(self, account_ids: Iterable[UUID]) -> dict[UUID, Account]:
-        """Lock the tenant's head (first time only) and the given accounts, in primary-key order."""
-        if self.head is None:
-            LedgerHead.objects.bulk_create([LedgerHead(tenant=self.tenant)], ignore_conflicts=True)
-            self.head = LedgerHead.objects.select_for_update().get(tenant=self.tenant)
+        """Lock the given accounts, in primary-key order (call again to add accounts: new ones only)."""
         wanted = sorted({UUID(str(a)) for a in account_ids} - self.accounts.keys())
         if wanted:
             rows = (
-                Account.all_tenants.select_for_update()
+                # of=("self",): lock the accounts only, not the asset rows joined in (shared by everyone)
+                Account.all_tenants.select_for_update(of=("self",))
                 .filter(tenant_id=self.tenant.pk, pk__in=wanted)
                 .select_related("asset")
                 .order_by("pk")
@@ -165,9 +166,15 @@ class LedgerBatch:
 
     # --- writing ----------------------------------------------------------------------------------------
     def flush(self) -> list[JournalEntry]:
-        """Write the recorded entries, postings, balances, head and balance events."""
-        if self.head is None:
+        """Write balances and events, then lock the head and write the recorded entries and postings."""
+        self._write_balances()
+        self._emit_balance_events()
+        if not self.drafts:
+            self.dirty.clear()
             return []
+        if self.head is None:
+            LedgerHead.objects.bulk_create([LedgerHead(tenant=self.tenant)], ignore_conflicts=True)
+            self.head = LedgerHead.objects.select_for_update().get(tenant=self.tenant)
         entries: list[JournalEntry] = []
         postings: list[Posting] = []
         seq, prev = self.head.seq, self.head.hash
@@ -188,13 +195,10 @@ class LedgerBatch:
                 for account_id, asset_id, amount in legs
             )
             prev = digest
-        if entries:
-            JournalEntry.all_tenants.bulk_create(entries)
-            Posting.all_tenants.bulk_create(postings)
-            LedgerHead.objects.filter(pk=self.head.pk).update(seq=seq, hash=prev)
-            self.head.seq, self.head.hash = seq, prev
-        self._write_balances()
-        self._emit_balance_events()
+        JournalEntry.all_tenants.bulk_create(entries)
+        Posting.all_tenants.bulk_create(postings)
+        LedgerHead.objects.filter(pk=self.head.pk).update(seq=seq, hash=prev)
+        self.head.seq, self.head.hash = seq, prev
         self.entries.extend(entries)
         self.drafts.clear()
         self.dirty.clear()

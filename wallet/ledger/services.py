@@ -181,13 +181,14 @@ def transfers_execute(*, tenant: Tenant, requests: Sequence[TransferRequest]) ->
                                     data={**payload, "direction": "out"}))
             events.append(EventSpec(stream=user_stream(request.recipient.pk), type="transfer.completed",
                                     data={**payload, "direction": "in"}))
-        batch.events.extend(events)
-        batch.flush()
+        # Everything but the entries first: the ledger head is locked by flush(), for the entries only.
         if transfers:
             Transfer.all_tenants.bulk_create(transfers)
         changed = [row for key, row in usage.items() if row.amount != used_before[key]]
         if changed:
             DailyUsage.all_tenants.bulk_update(changed, ["amount"])
+        batch.events.extend(events)
+        batch.flush()
     return results  # type: ignore[return-value]
 
 
