@@ -173,8 +173,10 @@ class LedgerBatch:
             self.dirty.clear()
             return []
         if self.head is None:
-            LedgerHead.objects.bulk_create([LedgerHead(tenant=self.tenant)], ignore_conflicts=True)
-            self.head = LedgerHead.objects.select_for_update().get(tenant=self.tenant)
+            self.head = LedgerHead.objects.select_for_update().filter(tenant=self.tenant).first()
+            if self.head is None:  # the tenant's first entry
+                LedgerHead.objects.bulk_create([LedgerHead(tenant=self.tenant)], ignore_conflicts=True)
+                self.head = LedgerHead.objects.select_for_update().get(tenant=self.tenant)
         entries: list[JournalEntry] = []
         postings: list[Posting] = []
         seq, prev = self.head.seq, self.head.hash

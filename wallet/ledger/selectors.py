@@ -17,14 +17,22 @@ def tenant_asset_list(*, tenant: Tenant) -> QuerySet[TenantAsset]:
     return TenantAsset.objects.for_tenant(tenant).filter(enabled=True).select_related("asset")
 
 
+def tenant_asset_by_code(*, tenant: Tenant, code: str) -> TenantAsset:
+    """The tenant's policy row for the asset with this code (with the asset), in one query; distinct
+    errors for an unknown asset and one the tenant does not offer."""
+    code = code.strip().upper()
+    policy = (TenantAsset.objects.for_tenant(tenant).filter(asset__code=code, enabled=True)
+              .select_related("asset").first())
+    if policy is not None:
+        return policy
+    if Asset.objects.filter(code=code).exists():
+        raise AssetNotEnabled(asset=code)
+    raise UnknownAsset(asset=code)
+
+
 def asset_enabled_by_code(*, tenant: Tenant, code: str) -> Asset:
     """The asset with this code if the tenant offers it; distinct errors for unknown and not offered."""
-    asset = Asset.objects.filter(code=code.strip().upper()).first()
-    if asset is None:
-        raise UnknownAsset(asset=code)
-    if not TenantAsset.objects.for_tenant(tenant).filter(asset=asset, enabled=True).exists():
-        raise AssetNotEnabled(asset=asset.code)
-    return asset
+    return tenant_asset_by_code(tenant=tenant, code=code).asset
 
 
 def account_list(*, tenant: Tenant, user: User) -> QuerySet[Account]:

@@ -69,16 +69,24 @@ def user_accounts_ensure(*, tenant: Tenant, pairs: Sequence[tuple[Any, Any]]) ->
     wanted = {(UUID(str(u)), UUID(str(a))) for u, a in pairs}
     if not wanted:
         return {}
-    Account.all_tenants.bulk_create(
-        [Account(tenant_id=tenant.pk, kind=Account.Kind.USER, user_id=u, asset_id=a, allow_negative=False)
-         for u, a in sorted(wanted)],
-        ignore_conflicts=True,
-    )
-    rows = Account.all_tenants.filter(
-        tenant_id=tenant.pk, kind=Account.Kind.USER, user_id__in={u for u, _ in wanted},
-        asset_id__in={a for _, a in wanted},
-    ).values_list("user_id", "asset_id", "pk")
-    return {(u, a): pk for u, a, pk in rows if (u, a) in wanted}
+
+    def existing() -> dict[tuple[UUID, UUID], UUID]:
+        rows = Account.all_tenants.filter(
+            tenant_id=tenant.pk, kind=Account.Kind.USER, user_id__in={u for u, _ in wanted},
+            asset_id__in={a for _, a in wanted},
+        ).values_list("user_id", "asset_id", "pk")
+        return {(u, a): pk for u, a, pk in rows if (u, a) in wanted}
+
+    found = existing()
+    missing = sorted(wanted - found.keys())
+    if missing:  # created when first needed; a concurrent creator wins the unique constraint, we read its row
+        Account.all_tenants.bulk_create(
+            [Account(tenant_id=tenant.pk, kind=Account.Kind.USER, user_id=u, asset_id=a, allow_negative=False)
+             for u, a in missing],
+            ignore_conflicts=True,
+        )
+        found = existing()
+    return found
 
 
 def system_account(*, tenant: Tenant, asset: Asset, kind: str, rail: str = "") -> Account:
@@ -106,6 +114,7 @@ class TransferRequest:
     asset: Asset
     amount: int
     memo: str = ""
+    policy: TenantAsset | None = None  # the tenant's policy for the asset, when the caller already has it
 
 
 def transfers_execute(*, tenant: Tenant, requests: Sequence[TransferRequest]) -> list[Transfer | ApiError]:
@@ -123,6 +132,9 @@ def transfers_execute(*, tenant: Tenant, requests: Sequence[TransferRequest]) ->
         policies: dict[UUID, TenantAsset | ApiError] = {}
         for request in requests:
             if request.asset.pk not in policies:
+                if request.policy is not None and request.policy.enabled:
+                    policies[request.asset.pk] = request.policy
+                    continue
                 try:
                     policies[request.asset.pk] = _policy(tenant, request.asset)
                 except ApiError as error:
@@ -193,9 +205,10 @@ def transfers_execute(*, tenant: Tenant, requests: Sequence[TransferRequest]) ->
 
 
 def transfer_create(*, tenant: Tenant, sender: User, recipient: User, asset: Asset, amount: int,
-                    memo: str = "") -> Transfer:
+                    memo: str = "", policy: TenantAsset | None = None) -> Transfer:
     """One P2P transfer; raises the refusal (insufficient_funds, limits, ...) instead of returning it."""
-    (result,) = transfers_execute(tenant=tenant, requests=[TransferRequest(sender, recipient, asset, amount, memo)])
+    request = TransferRequest(sender, recipient, asset, amount, memo, policy)
+    (result,) = transfers_execute(tenant=tenant, requests=[request])
     if isinstance(result, ApiError):
         raise result
     return result

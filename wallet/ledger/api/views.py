@@ -108,9 +108,10 @@ class TransferCreateApi(APIView):
             recipient = selectors.recipient_find(tenant=tenant, email=recipient_text)
         else:
             recipient = selectors.recipient_find(tenant=tenant, handle=recipient_text)
-        asset = selectors.asset_enabled_by_code(tenant=tenant, code=values["asset"])
-        transfer = services.transfer_create(tenant=tenant, sender=request.user, recipient=recipient, asset=asset,
-                                            amount=values["amount"], memo=values["memo"])
+        policy = selectors.tenant_asset_by_code(tenant=tenant, code=values["asset"])
+        transfer = services.transfer_create(tenant=tenant, sender=request.user, recipient=recipient,
+                                            asset=policy.asset, amount=values["amount"], memo=values["memo"],
+                                            policy=policy)
         body = TransferOutputSerializer(transfer, context={"user": request.user}).data
         return Response(body, status=status.HTTP_201_CREATED, headers={"Location": f"/api/v1/transfers/{transfer.pk}"})
 
