@@ -15,7 +15,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?= -q -p no:cacheprovider
 
-.PHONY: venv run test test-quick lint bench-api
+.PHONY: venv run test test-quick lint bench-api bench-ledger
 
 venv: $(VENV)/.installed
 	@:
@@ -49,3 +49,6 @@ lint: venv
 
 bench-api: venv
 	.ci/with-services $(PY) bench/api.py
+
+bench-ledger: venv
+	.ci/with-services $(PY) bench/ledger.py

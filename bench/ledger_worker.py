@@ -1,14 +1,18 @@
 """The service workers of bench/ledger.py: processes that call `transfers_execute` directly (no HTTP).
 
-Each worker is a separate process (multiprocessing "spawn": a fresh interpreter, so nothing, and no
-database connection, is inherited from the parent), calls `django.setup()` itself and keeps one
-persistent PostgreSQL connection. It takes commands from its queue:
+Each worker is a separate process, forked from the parent once Django is set up there and before the
+parent opened any database or Redis connection (multiprocessing "fork": it starts at once, without
+importing Django again). It calls `django.setup()` itself (a no-op but for logging), drops whatever
+connection object it might have inherited without closing the parent's socket, and keeps one persistent
+PostgreSQL connection. It takes commands from its queue:
 
 - `run`: until `end_at`, build a batch of `batch` TransferRequests (uniform or zipfian senders and
   recipients over the tenant's bench users), call `transfers_execute` and count the results when it
   returns, i.e. after its transaction committed: a transfer is acknowledged only then. Batches that
   return inside the measured window (`window_start`, `end_at`] count towards the rate.
-- `probe`: one batch with every SQL statement recorded (kind, table, time), for the per-transfer breakdown.
+- `probe`: two warm-up batches, then five with every SQL statement and the commit recorded (kind,
+  table, time; how long the ledger head stayed locked); the median one is reported.
+- `fund`: `sandbox_fund` each of the given (tenant, user) pairs (setup).
 - `stop`: leave.
 
 Times are `time.monotonic()`, which all processes of the machine share.
@@ -17,14 +21,17 @@ Times are `time.monotonic()`, which all processes of the machine share.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import itertools
 import random
 import re
 import time
 import traceback
 from collections import Counter
+from collections.abc import Iterator
 from multiprocessing.queues import Queue
 from typing import Any
+from uuid import UUID
 
 _ZIPF_CACHE: dict[tuple[int, float], list[float]] = {}
 
@@ -78,6 +85,9 @@ def statement_label(sql: str) -> str:
         return "SELECT pg_notify"
     if "pg_try_advisory_xact_lock" in text:
         return "claim idempotency key (advisory lock + INSERT)"
+    copy = re.match(r'COPY\s+"?([a-z_]+)', text, re.I)
+    if copy:
+        return f"COPY {copy.group(1)}"
     match = _SQL_KIND.match(text)
     kind = match.group(1).upper() if match else text.split(None, 1)[0].upper()
     if kind in ("SAVEPOINT", "RELEASE", "ROLLBACK"):
@@ -91,28 +101,130 @@ def statement_label(sql: str) -> str:
     return label
 
 
-def _probe(tenant: Any, requests: list[Any]) -> dict[str, Any]:
-    """One `transfers_execute` call with every SQL statement recorded: (label, seconds) each."""
-    from django.db import connection
+class SqlRecorder:
+    """Records every SQL statement of the default connection (label, start, seconds) and when the
+    transaction committed, to tell how long the tenant's ledger head stayed locked.
 
-    from wallet.core.errors import ApiError
-    from wallet.ledger.services import transfers_execute
+    The time of a statement is that of Django's `execute` (driver and round trip, without the ORM's query
+    building); "in Python" is the rest. A `COPY` goes around Django's execute wrappers (the outbox writes
+    its events with psycopg's `cursor.copy`), so psycopg's `Cursor.copy` is wrapped as well, in this
+    process, while the recorder is active: its time runs from opening the COPY to closing it.
+    """
 
-    statements: list[tuple[str, float]] = []
+    HEAD_LOCK = "SELECT ledger_ledgerhead FOR UPDATE"
 
-    def record(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+    def __init__(self) -> None:
+        self.statements: list[tuple[str, float, float]] = []
+        self.commit_starts: list[float] = []
+        self.commit_ends: list[float] = []
+
+    def __enter__(self) -> SqlRecorder:
+        from django.db import connection
+
+        self._connection = connection
+        self._wrapper = connection.execute_wrapper(self._record)
+        self._wrapper.__enter__()
+        original = connection._commit
+
+        def commit() -> Any:
+            try:
+                return original()
+            finally:
+                self.commit_ends.append(time.perf_counter())
+
+        def commit_timed() -> Any:
+            self.commit_starts.append(time.perf_counter())
+            return commit()
+
+        connection._commit = commit_timed  # this connection object only, for the probe's duration
+
+        import psycopg
+
+        self._original_copy = original_copy = psycopg.Cursor.copy
+        recorder = self
+
+        @contextlib.contextmanager
+        def copy(cursor: Any, statement: Any, *args: Any, **kwargs: Any) -> Iterator[Any]:
+            started = time.perf_counter()
+            try:
+                with original_copy(cursor, statement, *args, **kwargs) as copying:
+                    yield copying
+            finally:
+                text = statement if isinstance(statement, str) else str(statement)
+                recorder.statements.append((statement_label(text), started, time.perf_counter() - started))
+
+        psycopg.Cursor.copy = copy
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        import psycopg
+
+        psycopg.Cursor.copy = self._original_copy
+        self._wrapper.__exit__(*exc)
+        del self._connection._commit
+
+    def _record(self, execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
         started = time.perf_counter()
         try:
             return execute(sql, params, many, context)
         finally:
-            statements.append((statement_label(sql), time.perf_counter() - started))
+            self.statements.append((statement_label(sql), started, time.perf_counter() - started))
+
+    def clear(self) -> None:
+        self.statements.clear()
+        self.commit_starts.clear()
+        self.commit_ends.clear()
+
+    def head_held(self) -> float:
+        """Seconds from the head lock's statement to the commit (0 if either is missing)."""
+        starts = [start for label, start, _ in self.statements if label == self.HEAD_LOCK]
+        if not starts or not self.commit_ends:
+            return 0.0
+        return self.commit_ends[-1] - starts[0]
+
+    def commit_seconds(self) -> float:
+        """The COMMIT itself: deferred foreign-key checks, WAL flush and the round trip."""
+        return sum(end - start for start, end in zip(self.commit_starts, self.commit_ends, strict=True))
+
+    def head_held_sql(self) -> float:
+        """Seconds of SQL execute from the head lock's statement on (while the head is locked)."""
+        starts = [start for label, start, _ in self.statements if label == self.HEAD_LOCK]
+        if not starts:
+            return 0.0
+        return sum(seconds for _, start, seconds in self.statements if start >= starts[0])
+
+    def summary(self) -> dict[str, Any]:
+        return {"statements": [(label, seconds) for label, _, seconds in self.statements],
+                "head_held": self.head_held(), "head_held_sql": self.head_held_sql(),
+                "commit": self.commit_seconds()}
+
+
+def _probe(tenant: Any, requests: list[Any]) -> dict[str, Any]:
+    """One `transfers_execute` call with every SQL statement and the commit recorded."""
+    from wallet.core.errors import ApiError
+    from wallet.ledger.services import transfers_execute
 
     started = time.perf_counter()
-    with connection.execute_wrapper(record):
+    with SqlRecorder() as recorder:
         outcome = transfers_execute(tenant=tenant, requests=requests)
     elapsed = time.perf_counter() - started
     ok = sum(1 for r in outcome if not isinstance(r, ApiError))
-    return {"probe": True, "batch": len(requests), "ok": ok, "elapsed": elapsed, "statements": statements}
+    return {"probe": True, "batch": len(requests), "ok": ok, "elapsed": elapsed, **recorder.summary()}
+
+
+def _fund(jobs: list[tuple[str, str]], asset: Any, amount: int) -> int:
+    """`sandbox_fund` each (tenant id, user id); production settings refuse it, so it is lifted here only."""
+    from django.test import override_settings
+
+    from tenants.models import User
+    from wallet.ledger.services import sandbox_fund
+
+    users = User.objects.select_related("tenant").in_bulk([user_id for _, user_id in jobs])
+    with override_settings(PRODUCTION=False):
+        for _, user_id in jobs:
+            user = users[UUID(user_id)]
+            sandbox_fund(tenant=user.tenant, user=user, asset=asset, amount=amount)
+    return len(jobs)
 
 
 def worker_main(index: int, commands: Queue, results: Queue) -> None:
@@ -121,7 +233,9 @@ def worker_main(index: int, commands: Queue, results: Queue) -> None:
     django.setup()
     from django.db import connection, connections
 
-    connections.close_all()  # nothing to inherit under spawn; and whatever setup opened is not reused
+    for inherited in connections.all(initialized_only=True):
+        # Never close a connection inherited through fork: that would end the parent's session too.
+        inherited.connection = None
 
     from tenants.models import User
     from wallet.core.errors import ApiError
@@ -151,6 +265,9 @@ def worker_main(index: int, commands: Queue, results: Queue) -> None:
         command = commands.get()
         if command["op"] == "stop":
             break
+        if command["op"] == "fund":
+            results.put({"worker": index, "funded": _fund(command["jobs"], asset, command["amount"])})
+            continue
         tenant, users = users_of(command["tenant_id"])
         rng = random.Random(command["seed"] * 1000 + index)
         picker = Picker(users, command["mode"], command.get("zipf_s", 1.1), rng)
@@ -161,8 +278,12 @@ def worker_main(index: int, commands: Queue, results: Queue) -> None:
             for _ in range(2):
                 outcome = transfers_execute(tenant=tenant, requests=batch_of(picker, size, rng, amount_max))
                 warm_ok += sum(1 for r in outcome if not isinstance(r, ApiError))
-            answer = _probe(tenant, batch_of(picker, size, rng, amount_max))
-            results.put({"worker": index, **answer, "ok": answer["ok"] + warm_ok})
+            answers = [_probe(tenant, batch_of(picker, size, rng, amount_max))
+                       for _ in range(command.get("repeat", 1))]
+            answers.sort(key=lambda a: a["elapsed"])
+            median = answers[len(answers) // 2]  # the machine is shared: one call alone may be preempted
+            results.put({"worker": index, **median, "ok": sum(a["ok"] for a in answers) + warm_ok,
+                         "elapsed_all": [a["elapsed"] for a in answers]})
             continue
 
         # op == "run"
