@@ -15,7 +15,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?= -q -p no:cacheprovider
 
-.PHONY: venv run test test-quick lint bench-api bench-ledger
+.PHONY: venv run test test-quick lint bench-api bench-ledger bench-stream
 
 venv: $(VENV)/.installed
 	@:
@@ -52,3 +52,6 @@ bench-api: venv
 
 bench-ledger: venv
 	.ci/with-services $(PY) bench/ledger.py
+
+bench-stream: venv
+	.ci/with-services $(PY) bench/stream.py
