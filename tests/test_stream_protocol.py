@@ -269,3 +269,34 @@ async def test_limits_on_client_messages(money: dict, settings) -> None:
     bad = await _open(money["bob"])
     await bad.send_to(text_data="{not json")
     assert (await bad.receive_json_from(timeout=3))["code"] == "bad_message"
+
+
+async def test_a_client_that_answers_pings_stays_and_a_silent_one_is_closed(money: dict, settings) -> None:
+    settings.STREAM_HEARTBEAT_SECONDS = 0.3
+    settings.STREAM_IDLE_TIMEOUT_SECONDS = 1.2
+    hub.tick_seconds = 0.1
+    try:
+        polite = await _open(money["bob"])
+        silent = await _open(money["bob"])
+        import asyncio
+
+        deadline = asyncio.get_running_loop().time() + 2.5
+        pings = 0
+        while asyncio.get_running_loop().time() < deadline:
+            message = await polite.receive_json_from(timeout=2)
+            if message["type"] == "ping":
+                pings += 1
+                await polite.send_json_to({"type": "pong"})
+        assert pings >= 2
+        await polite.send_json_to({"type": "ping"})
+        assert (await polite.receive_json_from(timeout=2))["type"] in ("pong", "ping")
+        outputs = []
+        while True:
+            output = await silent.receive_output(timeout=3)
+            outputs.append(output)
+            if output["type"] == "websocket.close":
+                break
+        assert outputs[-1]["code"] == consumers.CLOSE_IDLE
+        await polite.disconnect()
+    finally:
+        hub.tick_seconds = 5.0

@@ -12,6 +12,7 @@ import asyncio
 import collections
 import contextlib
 import json
+import random
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -92,6 +93,8 @@ class StreamConsumer(AsyncWebsocketConsumer):
         self.replaying = False
         self.pending: list[tuple[str, int, dict[str, Any], str]] = []
         self.last_received = self.last_sent = time.monotonic()
+        # A random phase, so that sockets that connected together are not all pinged in the same tick.
+        self.last_ping = self.last_received - random.random() * _setting("STREAM_HEARTBEAT_SECONDS", 20)
         self.tokens = float(_setting("STREAM_RATE_BURST", 30))
         self.auth_timer: asyncio.TimerHandle | None = None
         await self.accept()
@@ -351,8 +354,11 @@ class StreamConsumer(AsyncWebsocketConsumer):
         if self.claims is not None and self.claims["exp"] < time.time():
             _spawn(self._close_with(CLOSE_TOKEN_EXPIRED, "token_expired"))
             return
-        if now - self.last_sent > _setting("STREAM_HEARTBEAT_SECONDS", 20):
-            self.last_sent = now
+        heartbeat = _setting("STREAM_HEARTBEAT_SECONDS", 20)
+        # Ping when the client has been silent (not when we have): its pong is what keeps a socket that only
+        # receives from reaching the idle timeout.
+        if now - self.last_received > heartbeat and now - self.last_ping > heartbeat:
+            self.last_ping = now
             self._enqueue(dumps({"type": "ping", "ts": _now_iso()}).decode())
 
 
