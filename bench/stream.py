@@ -51,7 +51,7 @@ from the main phase: the largest size with every socket held, the KB per socket 
 that size, the p99 at 1k, and the gaps of the main phase.
 
 Tunables (environment): BENCH_STREAM_SIZES (1000,5000,10000), BENCH_STREAM_CLIENTS (4 client processes),
-BENCH_STREAM_BURST_DELIVERIES (50000 per burst), BENCH_STREAM_BURSTS (3), BENCH_STREAM_LATENCY_SECONDS (15),
+BENCH_STREAM_BURST_DELIVERIES (50000 per burst), BENCH_STREAM_BURSTS (3), BENCH_STREAM_LATENCY_SECONDS (30),
 BENCH_STREAM_LATENCY_USERS (1000), BENCH_STREAM_LAYER_SOCKETS (1000), BENCH_STREAM_VARIANTS (core,wsproto;
 empty: main phase only), BENCH_STREAM_COMPRESSION (0: clients offer no permessage-deflate; 1: they do, as
 browsers), BENCH_STREAM_CONNECT_CONCURRENCY (32 handshakes in flight per client process), BENCH_PYSPY_DIR
@@ -92,7 +92,7 @@ SIZES = [int(s) for s in os.environ.get("BENCH_STREAM_SIZES", "1000,5000,10000")
 CLIENTS = int(os.environ.get("BENCH_STREAM_CLIENTS", "4"))
 BURST_DELIVERIES = int(os.environ.get("BENCH_STREAM_BURST_DELIVERIES", "50000"))
 BURSTS = int(os.environ.get("BENCH_STREAM_BURSTS", "3"))
-LATENCY_SECONDS = int(os.environ.get("BENCH_STREAM_LATENCY_SECONDS", "15"))
+LATENCY_SECONDS = int(os.environ.get("BENCH_STREAM_LATENCY_SECONDS", "30"))
 LATENCY_USERS = int(os.environ.get("BENCH_STREAM_LATENCY_USERS", "1000"))
 EVENTS_PER_USER = float(os.environ.get("BENCH_STREAM_EVENTS_PER_USER", "1"))
 LAYER_SOCKETS = int(os.environ.get("BENCH_STREAM_LAYER_SOCKETS", "1000"))
