@@ -23,10 +23,8 @@ import importlib.util
 import json
 import os
 import secrets
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -36,14 +34,13 @@ from bench.harness import (
     BenchError,
     Servers,
     WrkResult,
-    fail,
     free_port,
     http,
     http_json,
+    main_with_servers,
     median,
     say,
     stop_on_sigterm,
-    tail,
     wrk,
 )
 
@@ -212,19 +209,7 @@ def run(servers: Servers) -> None:
 
 def main() -> int:
     stop_on_sigterm()
-    log_dir = Path(tempfile.mkdtemp(prefix="bench-api-"))
-    servers = Servers(log_dir, dict(os.environ))
-    try:
-        run(servers)
-        return 0
-    except BenchError as exc:
-        fail(str(exc))
-        for server in servers.running:
-            print(f"--- last lines of the {server.name} log ---\n{tail(server.log, 15)}", file=sys.stderr)
-        return 1
-    finally:
-        servers.close()
-        shutil.rmtree(log_dir, ignore_errors=True)
+    return main_with_servers("bench-api-", lambda servers, _dir: run(servers) or 0)
 
 
 if __name__ == "__main__":

@@ -219,3 +219,22 @@ def say(line: str) -> None:
 
 def fail(message: str) -> None:
     print(f"bench: FAILED: {message}", file=sys.stderr, flush=True)
+
+
+def main_with_servers(prefix: str, body: Any) -> int:
+    """Run `body(servers, work_dir)` with a temporary work dir; on a BenchError print it and the tails of
+    the servers' logs and return 1; always stop the servers and remove the dir."""
+    import tempfile
+
+    work_dir = Path(tempfile.mkdtemp(prefix=prefix))
+    servers = Servers(work_dir, dict(os.environ))
+    try:
+        return body(servers, work_dir)
+    except BenchError as exc:
+        fail(str(exc))
+        for server in servers.running:
+            print(f"--- last lines of the {server.name} log ---\n{tail(server.log, 15)}", file=sys.stderr)
+        return 1
+    finally:
+        servers.close()
+        shutil.rmtree(work_dir, ignore_errors=True)

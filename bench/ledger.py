@@ -51,7 +51,6 @@ import multiprocessing
 import os
 import re
 import secrets
-import shutil
 import statistics
 import subprocess
 import sys
@@ -74,9 +73,9 @@ from bench.harness import (
     fail,
     free_port,
     http,
+    main_with_servers,
     say,
     stop_on_sigterm,
-    tail,
     wrk,
 )
 from bench.ledger_worker import worker_main, zipf_share
@@ -700,18 +699,7 @@ def run(servers: Servers, work_dir: Path) -> int:
 
 def main() -> int:
     stop_on_sigterm()
-    work_dir = Path(tempfile.mkdtemp(prefix="bench-ledger-"))
-    servers = Servers(work_dir, dict(os.environ))
-    try:
-        return run(servers, work_dir)
-    except BenchError as exc:
-        fail(str(exc))
-        for server in servers.running:
-            print(f"--- last lines of the {server.name} log ---\n{tail(server.log, 15)}", file=sys.stderr)
-        return 1
-    finally:
-        servers.close()
-        shutil.rmtree(work_dir, ignore_errors=True)
+    return main_with_servers("bench-ledger-", run)
 
 
 if __name__ == "__main__":
