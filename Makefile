@@ -4,7 +4,7 @@
 #   make test        pytest against PostgreSQL, Redis and anvil started for the run (.ci/with-services)
 #   make test-quick  pytest on SQLite, no services (tests that need them skip themselves)
 #   make lint        ruff check
-#   make bench-api   API benchmark, production-style (see docs/BENCHMARKS.md)
+#   make bench-*     benchmarks: api, ledger, stream, branding, chains, balances (see docs/BENCHMARKS.md)
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
@@ -15,7 +15,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?= -q -p no:cacheprovider
 
-.PHONY: venv run test test-quick lint bench-api bench-ledger bench-stream
+.PHONY: venv run test test-quick lint bench-api bench-ledger bench-stream bench-branding bench-chains bench-balances
 
 venv: $(VENV)/.installed
 	@:
@@ -55,3 +55,12 @@ bench-ledger: venv
 
 bench-stream: venv
 	.ci/with-services $(PY) bench/stream.py
+
+bench-branding: venv
+	.ci/with-services $(PY) bench/branding.py
+
+bench-chains: venv
+	.ci/with-services $(PY) bench/chains.py
+
+bench-balances: venv
+	.ci/with-services $(PY) bench/balances.py

@@ -299,12 +299,26 @@ REGISTRY: dict[str, Case | tuple[Case, ...]] = {
     "hold-detail": ObjectCase(make=lambda w: {"hold_id": str(w.money_a["hold"].pk)}),
     "hold-post": ObjectCase(make=lambda w: {"hold_id": str(w.money_a["hold"].pk)}, control_method="POST"),
     "hold-void": ObjectCase(make=lambda w: {"hold_id": str(w.money_a["hold"].pk)}, control_method="POST"),
+    # --- balances (wallet.balances) ---
+
+    # --- branding ---
+
+    # --- chains ---
+
+    # --- end ---
 }
 
 EXEMPT: dict[str, str] = {
     "auth-register": "creates a new user in the app key's tenant; takes no object id and reads nothing of "
                      "another tenant (the same email in another tenant is by design an unrelated account, "
                      "covered by the registration tests)",
+    # --- balances (wallet.balances) ---
+
+    # --- branding ---
+
+    # --- chains ---
+
+    # --- end ---
 }
 
 

@@ -9,6 +9,9 @@ from wallet.core import health
 api_v1 = [
     path("", include("tenants.api.urls")),
     path("", include("wallet.ledger.api.urls")),
+    path("", include("wallet.balances.api.urls")),
+    path("", include("branding.api.urls")),
+    path("", include("chains.api.urls")),
 ]
 
 urlpatterns = [

@@ -1,0 +1,5 @@
+"""API routes of the chains app, mounted under /api/v1/."""
+
+from django.urls import URLPattern
+
+urlpatterns: list[URLPattern] = []
