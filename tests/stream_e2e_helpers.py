@@ -231,6 +231,18 @@ async def collect_events(ws: ClientConnection, count: int, timeout: float = 10.0
     return events
 
 
+async def collect_transfers(ws: ClientConnection, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+    """The next events up to and including the `count`-th `transfer.completed`. Transfers committed in one
+    batch (group commit) share one `account.balance_changed` per account, sent before their
+    `transfer.completed` events, so the number of events per transfer is not fixed."""
+    events: list[dict[str, Any]] = []
+    deadline = asyncio.get_running_loop().time() + timeout
+    while sum(e["type"] == "transfer.completed" for e in events) < count:
+        remaining = deadline - asyncio.get_running_loop().time()
+        events += await collect_events(ws, 1, max(remaining, 0.01))
+    return events
+
+
 async def assert_quiet(ws: ClientConnection, seconds: float) -> None:
     """Nothing but heartbeats arrives for `seconds`."""
     with contextlib.suppress(TimeoutError):

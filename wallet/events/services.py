@@ -30,6 +30,7 @@ from django.db.models import F, OuterRef, Subquery
 from django.utils import timezone
 
 from tenants.models import Tenant
+from wallet.core.bulk import loaded
 from wallet.core.ids import uuid7
 from wallet.events import conf
 from wallet.events.models import OutboxEvent, StreamCursor
@@ -53,8 +54,6 @@ _UPSERT_CHUNK = 2000
 _SQLITE_HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
 _TYPE_MAX_LENGTH = OutboxEvent._meta.get_field("type").max_length
 _PURGE_BATCH = 5000
-# The concrete fields in the order `Model.from_db` expects them (the inherited `tenant_id` comes first).
-_ATTNAMES = tuple(field.attname for field in OutboxEvent._meta.concrete_fields)
 _django_json = DjangoJSONEncoder()
 _ORJSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_NON_STR_KEYS
 
@@ -78,8 +77,9 @@ class EventSpec:
     data: dict[str, Any]
 
 
-def events_emit(*, tenant: Tenant, events: Sequence[EventSpec]) -> list[OutboxEvent]:
-    """Write `events` of `tenant` to the outbox, in the caller's open transaction, and return the rows.
+def events_emit(*, tenant: Tenant, events: Sequence[EventSpec], returning: bool = True) -> list[OutboxEvent]:
+    """Write `events` of `tenant` to the outbox, in the caller's open transaction, and return the rows
+    (with `returning=False`, on PostgreSQL, an empty list: the ledger's hot path does not read them).
 
     Each stream's events get the next sequence numbers of that (tenant, stream), consecutive in the order
     given, starting at 1 for a new stream. The stream cursors are bumped with one upsert in sorted stream
@@ -114,7 +114,7 @@ def events_emit(*, tenant: Tenant, events: Sequence[EventSpec]) -> list[OutboxEv
     ids = [uuid7() for _ in events]
     now = timezone.now()
     if connection.vendor == "postgresql":
-        rows = _copy_events(connection, tenant, events, ids, seqs, encoded, now)
+        rows = _copy_events(connection, tenant, events, ids, seqs, encoded, now, returning)
     else:
         rows = [OutboxEvent(id=event_id, tenant=tenant, stream=spec.stream, seq=seq, type=spec.type, data=spec.data,
                             created_at=now) for event_id, spec, seq in zip(ids, events, seqs, strict=True)]
@@ -198,7 +198,7 @@ def _bump_cursors(connection: BaseDatabaseWrapper, tenant: Tenant, counts: dict[
 
 
 def _copy_events(connection: BaseDatabaseWrapper, tenant: Tenant, events: Sequence[EventSpec], ids: list[uuid.UUID],
-                 seqs: list[int], encoded: list[str], now: datetime) -> list[OutboxEvent]:
+                 seqs: list[int], encoded: list[str], now: datetime, returning: bool) -> list[OutboxEvent]:
     """PostgreSQL: write the events with one `COPY ... FROM STDIN` (logged like a query when Django logs
     queries) and return them as saved model instances."""
     quote = connection.ops.quote_name
@@ -211,13 +211,14 @@ def _copy_events(connection: BaseDatabaseWrapper, tenant: Tenant, events: Sequen
         with debug, cursor.cursor.copy(sql) as copy:
             for event_id, spec, seq, data in zip(ids, events, seqs, encoded, strict=True):
                 copy.write_row((event_id, tenant_id, spec.stream, seq, spec.type, data, now))
+    if not returning:
+        return rows
     alias = connection.alias
+    related = {"tenant": tenant}
     for event_id, spec, seq in zip(ids, events, seqs, strict=True):
-        values = {"id": event_id, "tenant_id": tenant_id, "stream": spec.stream, "seq": seq, "type": spec.type,
-                  "data": spec.data, "created_at": now, "published_at": None}
-        event = OutboxEvent.from_db(alias, _ATTNAMES, tuple(values[name] for name in _ATTNAMES))
-        event.tenant = tenant
-        rows.append(event)
+        rows.append(loaded(OutboxEvent, alias, {
+            "id": event_id, "tenant_id": tenant_id, "stream": spec.stream, "seq": seq, "type": spec.type,
+            "data": spec.data, "created_at": now, "published_at": None}, related))
     return rows
 
 

@@ -84,6 +84,7 @@ __all__ = [
     "parse_idempotency_key",
     "replay_response",
     "request_fingerprint",
+    "request_key_and_fingerprint",
 ]
 
 ViewMethod = TypeVar("ViewMethod", bound=Callable[..., HttpResponseBase])
@@ -156,6 +157,18 @@ def _body_identity(request: Request) -> tuple[bytes, bytes | None]:
         return b"", canonical_data(request.data)
 
 
+def request_key_and_fingerprint(request: Request) -> tuple[str, str]:
+    """The request's Idempotency-Key (400 when missing or invalid) and its fingerprint (method, path,
+    query and body), for views that claim their key themselves (the transfer group commit)."""
+    key = parse_idempotency_key(request.META.get(HEADER_META))
+    body, canonical = _body_identity(request)
+    fingerprint = request_fingerprint(
+        method=request.method, path=request.path, query_string=request.META.get("QUERY_STRING", ""),
+        body=body, canonical=canonical,
+    )
+    return key, fingerprint
+
+
 def idempotent(view_method: ViewMethod) -> ViewMethod:
     """Require `Idempotency-Key` on a DRF view method and make it exactly-once per (tenant, user, key).
 
@@ -174,12 +187,7 @@ def idempotent(view_method: ViewMethod) -> ViewMethod:
                 f"@idempotent on {type(view).__name__}.{view_method.__name__} needs an authenticated user "
                 "and a resolved tenant (an /api/v1/ view with authentication required)."
             )
-        key = parse_idempotency_key(request.META.get(HEADER_META))
-        body, canonical = _body_identity(request)
-        fingerprint = request_fingerprint(
-            method=request.method, path=request.path, query_string=request.META.get("QUERY_STRING", ""),
-            body=body, canonical=canonical,
-        )
+        key, fingerprint = request_key_and_fingerprint(request)
         scope = {"tenant": tenant, "user": user, "key": key}
         with fast_lock(tenant_id=tenant.pk, user_id=user.pk, key=key) as acquired:
             if acquired is False:

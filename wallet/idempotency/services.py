@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -38,6 +39,7 @@ from django.db.transaction import TransactionManagementError
 from django.utils import timezone
 
 from tenants.models import Tenant, User
+from wallet.core.errors import ApiError
 from wallet.idempotency import conf
 from wallet.idempotency.errors import IdempotencyKeyInFlight, IdempotencyKeyReused
 from wallet.idempotency.fingerprint import advisory_lock_id, validate_idempotency_key
@@ -274,3 +276,170 @@ def idempotency_purge_expired(*, now: datetime | None = None, batch_size: int | 
     if deleted_total:
         logger.info("idempotency records purged", extra={"deleted": deleted_total})
     return deleted_total
+
+
+# --- many keys at once (group commit) ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ClaimRequest:
+    """One key to claim in `idempotency_claim_many`."""
+
+    user: User
+    key: str
+    fingerprint: str
+    method: str
+    path: str
+
+
+@functools.cache
+def _claim_many_postgresql_sql() -> str:
+    meta = IdempotencyRecord._meta
+    column = {name: _quote(meta.get_field(name).column) for name in (*_CLAIM_COLUMNS, "id")}
+    table = _quote(meta.db_table)
+    insert_columns = ", ".join(column[name] for name in _CLAIM_COLUMNS)
+    # One statement for the whole batch, the same rule as `_claim_postgresql` per row: try the key's
+    # advisory lock and insert the pending record only where it was acquired. `locked` is materialised
+    # (it calls a volatile function and is read twice), so each lock is tried exactly once.
+    return (
+        "WITH input AS (SELECT * FROM unnest(%s::bigint[], %s::uuid[], %s::text[], %s::text[], %s::text[], "  # noqa: S608
+        "%s::text[]) WITH ORDINALITY AS i(lock_id, user_id, key, method, path, fingerprint, pos)), "
+        "locked AS MATERIALIZED (SELECT input.*, pg_try_advisory_xact_lock(input.lock_id) AS acquired FROM input), "
+        f"inserted AS (INSERT INTO {table} ({insert_columns}) "
+        "SELECT %s, user_id, key, method, path, fingerprint, ''::bytea, '', '', %s, %s FROM locked "
+        f"WHERE acquired ORDER BY pos ON CONFLICT ({column['tenant']}, {column['user']}, {column['key']}) "
+        f"DO NOTHING RETURNING {column['id']} AS id, {column['user']} AS user_id, {column['key']} AS key) "
+        "SELECT locked.pos, locked.acquired, inserted.id FROM locked "
+        "LEFT JOIN inserted ON inserted.user_id = locked.user_id AND inserted.key = locked.key ORDER BY locked.pos"
+    )
+
+
+def idempotency_claim_many(*, tenant: Tenant, requests: Sequence[ClaimRequest]) -> list[Claim | ApiError]:
+    """`idempotency_claim` for many keys of one tenant in the caller's transaction: on PostgreSQL one
+    statement claims them all (plus one read for the keys that already had a record). Each result is
+    the `Claim` (new, or a replay) or the error that key answers (409 in flight, 422 reused).
+
+    The keys must be distinct (per user); the group committer defers a duplicate to its next batch.
+    """
+    using = idempotency_database_alias()
+    connection = connections[using]
+    _require_transaction(connection, "idempotency_claim_many")
+    if len({(request.user.pk, request.key) for request in requests}) != len(requests):
+        raise ValueError("idempotency_claim_many needs distinct (user, key) pairs")
+    if connection.vendor != "postgresql":
+        results: list[Claim | ApiError] = []
+        for request in requests:
+            try:
+                results.append(idempotency_claim(tenant=tenant, user=request.user, key=request.key,
+                                                 fingerprint=request.fingerprint, method=request.method,
+                                                 path=request.path))
+            except ApiError as error:
+                results.append(error)
+        return results
+    now = timezone.now()
+    for request in requests:
+        validate_idempotency_key(request.key)
+    params: list[Any] = [
+        [advisory_lock_id(tenant_id=tenant.pk, user_id=request.user.pk, key=request.key) for request in requests],
+        [request.user.pk for request in requests],
+        [request.key for request in requests],
+        [request.method.upper() for request in requests],
+        [request.path for request in requests],
+        [request.fingerprint for request in requests],
+        tenant.pk, now, now + conf.ttl(),
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(_claim_many_postgresql_sql(), params)
+        rows = cursor.fetchall()
+    results_by_pos: dict[int, Claim | ApiError] = {}
+    unclaimed = []
+    for position, _acquired, record_id in rows:
+        request = requests[position - 1]
+        if record_id is not None:
+            results_by_pos[position] = Claim(tenant_id=tenant.pk, user_id=request.user.pk, key=request.key,
+                                             record_id=record_id, using=using)
+        else:
+            unclaimed.append(position)  # locked elsewhere, or the key already has a record
+    if unclaimed:
+        records = _records_get(connection, tenant, [requests[position - 1] for position in unclaimed])
+        for position in unclaimed:
+            request = requests[position - 1]
+            record = records.get((request.user.pk, request.key))
+            try:
+                if record is None or not record.is_complete:
+                    # Held by another transaction right now, or pending (or purged a moment ago): retry.
+                    raise in_flight_error()
+                stored = _stored_response(record, request.fingerprint)
+                assert stored is not None
+                results_by_pos[position] = Claim(tenant_id=tenant.pk, user_id=request.user.pk, key=request.key,
+                                                 stored=stored, using=using)
+            except ApiError as error:
+                results_by_pos[position] = error
+    return [results_by_pos[position] for position in range(1, len(requests) + 1)]
+
+
+def _records_get(connection: BaseDatabaseWrapper, tenant: Tenant,
+                 requests: Sequence[ClaimRequest]) -> dict[tuple[Any, str], KeyRecord]:
+    meta = IdempotencyRecord._meta
+    column = {name: _quote(meta.get_field(name).column) for name in
+              ("id", "tenant", "user", "key", "fingerprint", "response_status", "response_body",
+               "response_content_type", "response_location")}
+    sql = (
+        f"SELECT r.{column['user']}, r.{column['key']}, r.{column['id']}, r.{column['fingerprint']}, "  # noqa: S608
+        f"r.{column['response_status']}, r.{column['response_body']}, r.{column['response_content_type']}, "
+        f"r.{column['response_location']} FROM {_quote(meta.db_table)} r "
+        f"JOIN unnest(%s::uuid[], %s::text[]) AS w(user_id, key) ON r.{column['user']} = w.user_id "
+        f"AND r.{column['key']} = w.key WHERE r.{column['tenant']} = %s"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [[r.user.pk for r in requests], [r.key for r in requests], tenant.pk])
+        rows = cursor.fetchall()
+    return {
+        (user_id, key): KeyRecord(id=record_id, fingerprint=fingerprint, response_status=status,
+                                  response_body=bytes(body), response_content_type=content_type,
+                                  response_location=location)
+        for user_id, key, record_id, fingerprint, status, body, content_type, location in rows
+    }
+
+
+@dataclass(frozen=True)
+class Completion:
+    claim: Claim
+    status: int
+    body: bytes
+    content_type: str = ""
+    location: str = ""
+
+
+def idempotency_complete_many(completions: Sequence[Completion]) -> None:
+    """`idempotency_complete` for many claims of the caller's transaction: one UPDATE on PostgreSQL."""
+    if not completions:
+        return
+    using = completions[0].claim.using
+    connection = connections[using]
+    _require_transaction(connection, "idempotency_complete_many")
+    if any(c.claim.record_id is None for c in completions):
+        raise ValueError("A replayed claim has nothing to complete.")
+    if connection.vendor != "postgresql":
+        for c in completions:
+            idempotency_complete(c.claim, status=c.status, body=c.body, content_type=c.content_type,
+                                 location=c.location)
+        return
+    meta = IdempotencyRecord._meta
+    column = {name: _quote(meta.get_field(name).column) for name in
+              ("id", "response_status", "response_body", "response_content_type", "response_location")}
+    sql = (
+        f"UPDATE {_quote(meta.db_table)} AS r SET {column['response_status']} = v.status, "  # noqa: S608
+        f"{column['response_body']} = v.body, {column['response_content_type']} = v.content_type, "
+        f"{column['response_location']} = v.location "
+        "FROM unnest(%s::bigint[], %s::int[], %s::bytea[], %s::text[], %s::text[]) "
+        "AS v(id, status, body, content_type, location) "
+        f"WHERE r.{column['id']} = v.id AND r.{column['response_status']} IS NULL"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [[c.claim.record_id for c in completions], [c.status for c in completions],
+                             [bytes(c.body) for c in completions], [c.content_type or "" for c in completions],
+                             [c.location or "" for c in completions]])
+        updated = cursor.rowcount
+    if updated != len(completions):
+        raise TransactionManagementError(
+            f"{len(completions) - updated} claimed idempotency records are gone or already completed."
+        )

@@ -13,11 +13,13 @@ from typing import Any
 from uuid import UUID
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from tenants.models import Tenant, User
+from wallet.core.bulk import copy_rows, loaded
 from wallet.core.errors import ApiError
+from wallet.core.ids import uuid7
 from wallet.ledger.engine import EntryDraft, LedgerBatch, Leg, apply_single
 from wallet.ledger.errors import (
     AlreadyReversed,
@@ -64,29 +66,60 @@ def tenant_asset_enable(*, tenant: Tenant, asset: Asset, max_per_transfer: int |
     return row
 
 
+# (tenant id, user id, asset id) -> account id. Safe to cache for the life of the process: a user's
+# account for an asset, once created, keeps its id forever (accounts are never deleted: PROTECT).
+_USER_ACCOUNT_IDS: dict[tuple[UUID, UUID, UUID], UUID] = {}
+_USER_ACCOUNT_IDS_MAX = 200_000
+
+
 def user_accounts_ensure(*, tenant: Tenant, pairs: Sequence[tuple[Any, Any]]) -> dict[tuple[UUID, UUID], UUID]:
     """Make sure each (user id, asset id) has its account; returns their ids. Created when first needed."""
-    wanted = {(UUID(str(u)), UUID(str(a))) for u, a in pairs}
+    wanted = {(u if isinstance(u, UUID) else UUID(str(u)), a if isinstance(a, UUID) else UUID(str(a)))
+              for u, a in pairs}
     if not wanted:
         return {}
+    tenant_id = tenant.pk
+    found: dict[tuple[UUID, UUID], UUID] = {}
+    unknown = set()
+    for pair in wanted:
+        account_id = _USER_ACCOUNT_IDS.get((tenant_id, *pair))
+        if account_id is None:
+            unknown.add(pair)
+        else:
+            found[pair] = account_id
+    if not unknown:
+        return found
 
     def existing() -> dict[tuple[UUID, UUID], UUID]:
         rows = Account.all_tenants.filter(
-            tenant_id=tenant.pk, kind=Account.Kind.USER, user_id__in={u for u, _ in wanted},
-            asset_id__in={a for _, a in wanted},
+            tenant_id=tenant_id, kind=Account.Kind.USER, user_id__in={u for u, _ in unknown},
+            asset_id__in={a for _, a in unknown},
         ).values_list("user_id", "asset_id", "pk")
-        return {(u, a): pk for u, a, pk in rows if (u, a) in wanted}
+        return {(u, a): pk for u, a, pk in rows if (u, a) in unknown}
 
-    found = existing()
-    missing = sorted(wanted - found.keys())
+    fetched = existing()
+    missing = sorted(unknown - fetched.keys())
     if missing:  # created when first needed; a concurrent creator wins the unique constraint, we read its row
         Account.all_tenants.bulk_create(
-            [Account(tenant_id=tenant.pk, kind=Account.Kind.USER, user_id=u, asset_id=a, allow_negative=False)
+            [Account(tenant_id=tenant_id, kind=Account.Kind.USER, user_id=u, asset_id=a, allow_negative=False)
              for u, a in missing],
             ignore_conflicts=True,
         )
-        found = existing()
+        fetched = existing()
+        # Rows created by this transaction are cached only once it commits (a rollback removes them).
+        transaction.on_commit(lambda: _remember_accounts(tenant_id, fetched))
+        found.update(fetched)
+        return found
+    _remember_accounts(tenant_id, fetched)
+    found.update(fetched)
     return found
+
+
+def _remember_accounts(tenant_id: UUID, ids: dict[tuple[UUID, UUID], UUID]) -> None:
+    if len(_USER_ACCOUNT_IDS) + len(ids) > _USER_ACCOUNT_IDS_MAX:
+        _USER_ACCOUNT_IDS.clear()
+    for (user_id, asset_id), account_id in ids.items():
+        _USER_ACCOUNT_IDS[(tenant_id, user_id, asset_id)] = account_id
 
 
 def system_account(*, tenant: Tenant, asset: Asset, kind: str, rail: str = "") -> Account:
@@ -155,6 +188,7 @@ def transfers_execute(*, tenant: Tenant, requests: Sequence[TransferRequest]) ->
 
         transfers: list[Transfer] = []
         events: list[EventSpec] = []
+        alias = connection.alias
         for index, request in enumerate(requests):
             policy = policies[request.asset.pk]
             try:
@@ -181,10 +215,12 @@ def transfers_execute(*, tenant: Tenant, requests: Sequence[TransferRequest]) ->
                 continue
             if key in usage:
                 usage[key].amount += request.amount
-            transfer = Transfer(
-                tenant_id=tenant.pk, sender=request.sender, recipient=request.recipient, asset=request.asset,
-                amount=request.amount, memo=request.memo, entry_id=draft.id, created_at=draft.created_at,
-            )
+            transfer = loaded(Transfer, alias, {
+                "tenant_id": tenant.pk, "id": uuid7(), "sender_id": request.sender.pk,
+                "recipient_id": request.recipient.pk, "asset_id": request.asset.pk, "amount": request.amount,
+                "memo": request.memo, "status": Transfer.Status.COMPLETED, "entry_id": draft.id,
+                "created_at": draft.created_at,
+            }, {"sender": request.sender, "recipient": request.recipient, "asset": request.asset})
             draft.reference = f"transfer:{transfer.pk}"
             transfers.append(transfer)
             results[index] = transfer
@@ -195,13 +231,29 @@ def transfers_execute(*, tenant: Tenant, requests: Sequence[TransferRequest]) ->
                                     data={**payload, "direction": "in"}))
         # Everything but the entries first: the ledger head is locked by flush(), for the entries only.
         if transfers:
-            Transfer.all_tenants.bulk_create(transfers)
+            _transfers_insert(transfers)
         changed = [row for key, row in usage.items() if row.amount != used_before[key]]
         if changed:
             DailyUsage.all_tenants.bulk_update(changed, ["amount"])
         batch.events.extend(events)
         batch.flush()
     return results  # type: ignore[return-value]
+
+
+_TRANSFER_FIELDS = tuple(field.attname for field in Transfer._meta.concrete_fields)
+
+
+def _transfers_insert(transfers: Sequence[Transfer]) -> None:
+    """Insert transfers built by `loaded` (COPY on PostgreSQL)."""
+    if connection.vendor == "postgresql":
+        copy_rows(connection, Transfer, _TRANSFER_FIELDS,
+                  ([transfer.__dict__[name] for name in _TRANSFER_FIELDS] for transfer in transfers))
+        return
+    for transfer in transfers:
+        transfer._state.adding = True
+    Transfer.all_tenants.bulk_create(transfers)
+    for transfer in transfers:
+        transfer._state.adding = False
 
 
 def transfer_create(*, tenant: Tenant, sender: User, recipient: User, asset: Asset, amount: int,

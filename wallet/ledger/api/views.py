@@ -4,15 +4,25 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.http import HttpResponse
 from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from wallet.core.context import request_id_var
+from wallet.core.errors import to_api_error
 from wallet.core.money import parse_amount
 from wallet.core.pagination import Cursor
-from wallet.idempotency.api import idempotency_key_parameter, idempotent
+from wallet.idempotency.api import (
+    REPLAYED_HEADER,
+    idempotency_key_parameter,
+    idempotent,
+    is_storable,
+    request_key_and_fingerprint,
+)
+from wallet.idempotency.services import ClaimRequest
 from wallet.ledger import selectors, services
 from wallet.ledger.api.serializers import (
     AccountOutputSerializer,
@@ -21,6 +31,7 @@ from wallet.ledger.api.serializers import (
     PostingOutputSerializer,
     TransferOutputSerializer,
 )
+from wallet.ledger.groupcommit import TransferJob, transfer_submit
 from wallet.ledger.models import Account, JournalEntry
 
 
@@ -97,23 +108,43 @@ class TransferCreateApi(APIView):
 
     @extend_schema(request=TransferCreateInputSerializer, responses={201: TransferOutputSerializer},
                    parameters=[idempotency_key_parameter], operation_id="transfers_create")
-    @idempotent
-    def post(self, request: Request) -> Response:
+    def post(self, request: Request) -> HttpResponse:
+        """Idempotent like every `@idempotent` view, through the group commit (wallet/ledger/groupcommit.py):
+        transfers arriving together share one transaction; each is answered after it commits."""
+        tenant = request._request.tenant
+        key, fingerprint = request_key_and_fingerprint(request)
+        job = TransferJob(claim=ClaimRequest(user=request.user, key=key, fingerprint=fingerprint,
+                                             method=request.method, path=request.path),
+                          viewer=request.user, request_id=request_id_var.get())
+        try:
+            job.transfer = self._prepare(request, tenant)
+        except Exception as exc:
+            error = to_api_error(exc)
+            if error is None or not is_storable(error.status):
+                raise
+            job.refusal = error  # the key's answer, stored like any other
+        outcome = transfer_submit(tenant=tenant, job=job)
+        if outcome.error is not None:
+            raise outcome.error
+        response = HttpResponse(outcome.body, status=outcome.status, content_type=outcome.content_type)
+        if outcome.location:
+            response["Location"] = outcome.location
+        if outcome.replayed:
+            response[REPLAYED_HEADER] = "true"
+        return response
+
+    def _prepare(self, request: Request, tenant: Any) -> services.TransferRequest:
         data = self.TransferCreateInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         values = data.validated_data
-        tenant = request._request.tenant
         recipient_text = values["recipient"].strip()
         if "@" in recipient_text[1:]:
             recipient = selectors.recipient_find(tenant=tenant, email=recipient_text)
         else:
             recipient = selectors.recipient_find(tenant=tenant, handle=recipient_text)
         policy = selectors.tenant_asset_by_code(tenant=tenant, code=values["asset"])
-        transfer = services.transfer_create(tenant=tenant, sender=request.user, recipient=recipient,
-                                            asset=policy.asset, amount=values["amount"], memo=values["memo"],
-                                            policy=policy)
-        body = TransferOutputSerializer(transfer, context={"user": request.user}).data
-        return Response(body, status=status.HTTP_201_CREATED, headers={"Location": f"/api/v1/transfers/{transfer.pk}"})
+        return services.TransferRequest(sender=request.user, recipient=recipient, asset=policy.asset,
+                                        amount=values["amount"], memo=values["memo"], policy=policy)
 
 
 class TransferListApi(APIView):

@@ -1,0 +1,192 @@
+"""Group commit of POST /api/v1/transfers (wallet/ledger/groupcommit.py): concurrent requests of one process
+share transactions, each is answered only after its batch commits, and Idempotency-Key semantics hold."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.db import connections
+
+from tenants.models import Tenant, User
+from tests.conftest import AppClient
+from tests.factories import UserFactory
+from tests.ledger_helpers import balance, enable, fund
+from tests.test_idempotency_concurrency import signed_in_clients
+from wallet.ledger import groupcommit
+from wallet.ledger.api.serializers import TransferOutputSerializer
+from wallet.ledger.models import Asset, Transfer
+from wallet.ledger.services import transfer_create
+from wallet.ledger.verify import ledger_verify
+
+on_postgresql = pytest.mark.skipif("postgresql" not in settings.DATABASES["default"]["ENGINE"],
+                                   reason="PostgreSQL only: SQLite serialises writers")
+
+
+@pytest.fixture
+def payers(tenant_a: Tenant) -> list[User]:
+    enable(tenant_a, "USD")
+    users = [UserFactory(tenant=tenant_a, email=f"payer{i}@example.com") for i in range(12)]
+    UserFactory(tenant=tenant_a, email="bob@example.com")
+    for user in users:
+        fund(user, 10_000)
+    return users
+
+
+@pytest.fixture
+def batch_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Records the size of every batch, and holds each batch 50 ms so that the next one gathers."""
+    sizes: list[int] = []
+    real = groupcommit.execute_batch
+
+    def recording(tenant: Tenant, jobs: list[Any]) -> list[Any]:
+        sizes.append(len(jobs))
+        threading.Event().wait(0.05)
+        return real(tenant, jobs)
+
+    monkeypatch.setattr(groupcommit, "execute_batch", recording)
+    return sizes
+
+
+def _concurrently(calls: list[Callable[[], Any]]) -> list[Any]:
+    results: list[Any] = [None] * len(calls)
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(calls))
+
+    def worker(index: int) -> None:
+        try:
+            barrier.wait(timeout=10)
+            results[index] = calls[index]()
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    return results
+
+
+def _post(client: AppClient, key: str, amount: str = "100", recipient: str = "bob@example.com") -> Any:
+    body = json.dumps({"recipient": recipient, "asset": "USD", "amount": amount, "memo": key})
+    return client.post("/api/v1/transfers", data=body, content_type="application/json", HTTP_IDEMPOTENCY_KEY=key)
+
+
+def test_the_response_body_is_what_the_serializer_gives(db: Any, tenant_a: Tenant, payers: list[User]) -> None:
+    bob = User.objects.get(tenant=tenant_a, email="bob@example.com")
+    transfer = transfer_create(tenant=tenant_a, sender=payers[0], recipient=bob,
+                               asset=Asset.objects.get(code="USD"), amount=123, memo="m")
+    transfer = Transfer.all_tenants.select_related("sender", "recipient", "asset").get(pk=transfer.pk)
+    for viewer in (payers[0], bob):
+        expected = TransferOutputSerializer(transfer, context={"user": viewer}).data
+        assert groupcommit.transfer_body(transfer, viewer) == json.loads(json.dumps(expected))
+
+
+@on_postgresql
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.timeout(90)
+def test_concurrent_transfers_share_transactions_and_each_lands_once(
+        tenant_a: Tenant, payers: list[User], batch_sizes: list[int]) -> None:
+    clients = [signed_in_clients(tenant_a, payer, 1)[0] for payer in payers]
+    responses = _concurrently([lambda c=c, i=i: _post(c, f"key-{i}") for i, c in enumerate(clients)])
+    assert [r.status_code for r in responses] == [201] * len(payers)
+    assert max(batch_sizes) > 1, batch_sizes  # some requests were committed together
+    assert sum(batch_sizes) == len(payers)
+    ids = {r.json()["id"] for r in responses}
+    assert len(ids) == len(payers)
+    stored = Transfer.all_tenants.filter(memo__startswith="key-").values_list("id", flat=True)
+    assert {str(i) for i in stored} == ids
+    for payer in payers:
+        assert balance(payer)[0] == 10_000 - 100
+    assert ledger_verify(tenant=tenant_a).ok
+
+
+@on_postgresql
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.timeout(90)
+def test_one_refusal_in_a_batch_does_not_touch_the_others(tenant_a: Tenant, payers: list[User],
+                                                          batch_sizes: list[int]) -> None:
+    clients = [signed_in_clients(tenant_a, payer, 1)[0] for payer in payers[:6]]
+    amounts = ["100", "100", "999999", "100", "100", "100"]  # the third payer has 10,000
+    responses = _concurrently([lambda c=c, a=a, i=i: _post(c, f"k{i}", a)
+                               for i, (c, a) in enumerate(zip(clients, amounts, strict=True))])
+    assert [r.status_code for r in responses] == [201, 201, 409, 201, 201, 201]
+    assert responses[2].json()["code"] == "insufficient_funds"
+    # the refusal is the key's answer: replayed byte for byte
+    again = _post(clients[2], "k2", "999999")
+    assert (again.status_code, again.content, again["Idempotent-Replayed"]) == (409, responses[2].content, "true")
+    assert balance(payers[2])[0] == 10_000
+    assert ledger_verify(tenant=tenant_a).ok
+
+
+@on_postgresql
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.timeout(90)
+def test_the_same_key_twice_in_the_queue_runs_once_and_replays(tenant_a: Tenant, payers: list[User],
+                                                              batch_sizes: list[int]) -> None:
+    clients = signed_in_clients(tenant_a, payers[0], 8)
+    responses = _concurrently([lambda c=c: _post(c, "same") for c in clients])
+    originals = [r for r in responses if r.status_code == 201 and not r.get("Idempotent-Replayed")]
+    assert len(originals) == 1
+    for response in responses:
+        if response is not originals[0]:
+            assert response.status_code in (201, 409)
+            if response.status_code == 201:
+                assert response.content == originals[0].content
+    assert Transfer.all_tenants.filter(memo="same").count() == 1
+    assert balance(payers[0])[0] == 10_000 - 100
+
+
+@on_postgresql
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.timeout(90)
+def test_a_failing_batch_is_retried_one_job_at_a_time(tenant_a: Tenant, payers: list[User],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    real = groupcommit.transfers_execute
+    calls: list[int] = []
+
+    def flaky(*, tenant: Tenant, requests: list[Any]) -> list[Any]:
+        calls.append(len(requests))
+        if len(requests) > 1:
+            raise RuntimeError("the database went away mid-batch")
+        threading.Event().wait(0.05)
+        return real(tenant=tenant, requests=requests)
+
+    monkeypatch.setattr(groupcommit, "transfers_execute", flaky)
+    clients = [signed_in_clients(tenant_a, payer, 1)[0] for payer in payers[:6]]
+    responses = _concurrently([lambda c=c, i=i: _post(c, f"f{i}") for i, c in enumerate(clients)])
+    assert [r.status_code for r in responses] == [201] * 6
+    assert any(size > 1 for size in calls), calls
+    assert Transfer.all_tenants.filter(memo__startswith="f").count() == 6
+    assert ledger_verify(tenant=tenant_a).ok
+
+
+@on_postgresql
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.timeout(90)
+def test_an_error_of_a_job_alone_is_a_500_and_nothing_is_stored(tenant_a: Tenant, payers: list[User],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    real = groupcommit.transfers_execute
+    broken = {"on": True}
+
+    def failing(*, tenant: Tenant, requests: list[Any]) -> list[Any]:
+        if broken["on"]:
+            raise RuntimeError("boom")
+        return real(tenant=tenant, requests=requests)
+
+    monkeypatch.setattr(groupcommit, "transfers_execute", failing)
+    client = signed_in_clients(tenant_a, payers[0], 1)[0]
+    client.raise_request_exception = False
+    assert _post(client, "retry-me").status_code == 500
+    broken["on"] = False
+    response = _post(client, "retry-me")  # nothing was stored: the retry runs
+    assert response.status_code == 201 and not response.get("Idempotent-Replayed")
+    assert balance(payers[0])[0] == 10_000 - 100

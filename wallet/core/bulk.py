@@ -1,0 +1,51 @@
+"""Set-based writes for hot paths: `COPY ... FROM STDIN` on PostgreSQL, and model instances built
+without `Model.__init__`.
+
+Django's `bulk_create` binds every parameter in Python (psycopg 3 client-side binding) and builds a model
+instance per row: on the ledger's hot path that was ~2 ms of Python for 256 entries with 512 postings,
+against a fraction of that for `COPY` from plain tuples. Callers keep `bulk_create` on other databases.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Sequence
+from typing import Any, TypeVar
+
+from django.db import models
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.models.base import ModelState
+
+M = TypeVar("M", bound=models.Model)
+
+
+def copy_rows(connection: BaseDatabaseWrapper, model: type[models.Model], fields: Sequence[str],
+              rows: Iterable[Sequence[Any]]) -> None:
+    """PostgreSQL: insert `rows` (tuples of database-ready values, in the order of `fields`, given by
+    attribute name such as `tenant_id`) into the model's table with one COPY, inside the caller's
+    transaction. Logged like a query when Django logs queries."""
+    opts = model._meta
+    quote = connection.ops.quote_name
+    column_of = {field.attname: field.column for field in opts.concrete_fields}
+    columns = ", ".join(quote(column_of[name]) for name in fields)
+    sql = f"COPY {quote(opts.db_table)} ({columns}) FROM STDIN"
+    with connection.cursor() as cursor:
+        debug = cursor.debug_sql(sql) if hasattr(cursor, "debug_sql") else contextlib.nullcontext()
+        with debug, cursor.cursor.copy(sql) as copy:
+            for row in rows:
+                copy.write_row(row)
+
+
+def loaded(model: type[M], alias: str, values: dict[str, Any], related: dict[str, Any] | None = None) -> M:
+    """A model instance as if read from the database `alias`, from every concrete field's attribute name
+    (`values`), without running `__init__` (about 10x cheaper). `related` pre-fills the cache of forward
+    relations (e.g. `{"sender": user}`) so that reading them costs no query."""
+    obj = model.__new__(model)
+    obj.__dict__.update(values)
+    state = ModelState()
+    state.adding = False
+    state.db = alias
+    if related:
+        state.fields_cache = dict(related)
+    obj._state = state
+    return obj
