@@ -289,7 +289,7 @@ def test_only_one_relay_runs_at_a_time(tenant_a: Tenant, user_a: User) -> None:
 # --- relay_forever -----------------------------------------------------------------------------------------
 
 
-def wait_until(condition: Any, timeout: float = 5.0) -> bool:
+def wait_until(condition: Any, timeout: float = 15.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():

@@ -17,17 +17,30 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models.base import ModelState
 
 M = TypeVar("M", bound=models.Model)
+VALUES_MAX_ROWS = 16
 
 
 def copy_rows(connection: BaseDatabaseWrapper, model: type[models.Model], fields: Sequence[str],
               rows: Iterable[Sequence[Any]]) -> None:
     """PostgreSQL: insert `rows` (tuples of database-ready values, in the order of `fields`, given by
-    attribute name such as `tenant_id`) into the model's table with one COPY, inside the caller's
-    transaction. Logged like a query when Django logs queries."""
+    attribute name such as `tenant_id`) into the model's table inside the caller's transaction: one
+    multi-row INSERT for up to VALUES_MAX_ROWS rows, one COPY beyond. Logged like a query when Django
+    logs queries."""
     opts = model._meta
     quote = connection.ops.quote_name
     column_of = {field.attname: field.column for field in opts.concrete_fields}
     columns = ", ".join(quote(column_of[name]) for name in fields)
+    rows = rows if isinstance(rows, list) else list(rows)
+    if not rows:
+        return
+    if len(rows) <= VALUES_MAX_ROWS:
+        # A few rows: one INSERT is one round trip; COPY costs two (the CopyIn handshake, then the data).
+        placeholders = "(" + ", ".join(["%s"] * len(fields)) + ")"
+        values = ", ".join([placeholders] * len(rows))
+        sql = f"INSERT INTO {quote(opts.db_table)} ({columns}) VALUES {values}"  # noqa: S608 (quoted names)
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [value for row in rows for value in row])
+        return
     sql = f"COPY {quote(opts.db_table)} ({columns}) FROM STDIN"
     with connection.cursor() as cursor:
         debug = cursor.debug_sql(sql) if hasattr(cursor, "debug_sql") else contextlib.nullcontext()

@@ -12,7 +12,6 @@ the embedded default) a multi-row `INSERT ... ON CONFLICT ... RETURNING` and `bu
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import sqlite3
@@ -30,7 +29,7 @@ from django.db.models import F, OuterRef, Subquery
 from django.utils import timezone
 
 from tenants.models import Tenant
-from wallet.core.bulk import loaded
+from wallet.core.bulk import copy_rows, loaded
 from wallet.core.ids import uuid7
 from wallet.events import conf
 from wallet.events.models import OutboxEvent, StreamCursor
@@ -199,18 +198,13 @@ def _bump_cursors(connection: BaseDatabaseWrapper, tenant: Tenant, counts: dict[
 
 def _copy_events(connection: BaseDatabaseWrapper, tenant: Tenant, events: Sequence[EventSpec], ids: list[uuid.UUID],
                  seqs: list[int], encoded: list[str], now: datetime, returning: bool) -> list[OutboxEvent]:
-    """PostgreSQL: write the events with one `COPY ... FROM STDIN` (logged like a query when Django logs
-    queries) and return them as saved model instances."""
-    quote = connection.ops.quote_name
-    names = ("id", "tenant_id", "stream", "seq", "type", "data", "created_at")
-    sql = f"COPY {quote(OutboxEvent._meta.db_table)} ({', '.join(quote(name) for name in names)}) FROM STDIN"
+    """PostgreSQL: write the events with `copy_rows` (one INSERT for a few, one COPY for many) and return
+    them as saved model instances."""
     tenant_id = tenant.pk
-    rows = []
-    with connection.cursor() as cursor:
-        debug = cursor.debug_sql(sql) if hasattr(cursor, "debug_sql") else contextlib.nullcontext()
-        with debug, cursor.cursor.copy(sql) as copy:
-            for event_id, spec, seq, data in zip(ids, events, seqs, encoded, strict=True):
-                copy.write_row((event_id, tenant_id, spec.stream, seq, spec.type, data, now))
+    rows: list[OutboxEvent] = []
+    copy_rows(connection, OutboxEvent, ("id", "tenant_id", "stream", "seq", "type", "data", "created_at"),
+              [(event_id, tenant_id, spec.stream, seq, spec.type, data, now)
+               for event_id, spec, seq, data in zip(ids, events, seqs, encoded, strict=True)])
     if not returning:
         return rows
     alias = connection.alias

@@ -85,7 +85,27 @@ _LOCK_SQL = (
     f"SELECT {', '.join(field.column for field in Account._meta.concrete_fields)} "  # noqa: S608 (constant names)
     f"FROM {Account._meta.db_table} WHERE tenant_id = %s AND id = ANY(%s::uuid[]) ORDER BY id FOR UPDATE"
 )
+_HEAD_TABLE = LedgerHead._meta.db_table
+_HEAD_LOCK_SQL = f"SELECT seq, hash FROM {_HEAD_TABLE} WHERE tenant_id = %s"  # noqa: S608
+_HEAD_UPDATE_SQL = f"UPDATE {_HEAD_TABLE} SET seq = %s, hash = %s WHERE tenant_id = %s"  # noqa: S608
 _ASSETS: dict[UUID, Asset] = {}
+
+
+def _head_tenant_id(tenant: Tenant) -> Any:
+    return LedgerHead._meta.get_field("tenant").get_db_prep_value(tenant.pk, connection)
+
+
+def _head_locked(tenant: Tenant) -> LedgerHead | None:
+    """The tenant's ledger head, locked until commit (plain SQL: it runs in every ledger transaction)."""
+    # SQLite has no row locks: its transactions are IMMEDIATE, writers are serialised anyway.
+    sql = _HEAD_LOCK_SQL + (" FOR UPDATE" if connection.vendor == "postgresql" else "")
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [_head_tenant_id(tenant)])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    return loaded(LedgerHead, connection.alias, {"tenant_id": tenant.pk, "seq": row[0], "hash": row[1]},
+                  {"tenant": tenant})
 
 
 def asset_cached(asset_id: UUID) -> Asset:
@@ -212,10 +232,11 @@ class LedgerBatch:
             self.dirty.clear()
             return []
         if self.head is None:
-            self.head = LedgerHead.objects.select_for_update().filter(tenant=self.tenant).first()
+            self.head = _head_locked(self.tenant)
             if self.head is None:  # the tenant's first entry
                 LedgerHead.objects.bulk_create([LedgerHead(tenant=self.tenant)], ignore_conflicts=True)
-                self.head = LedgerHead.objects.select_for_update().get(tenant=self.tenant)
+                self.head = _head_locked(self.tenant)
+                assert self.head is not None
         tenant_id = self.tenant.pk
         entry_rows: list[tuple[Any, ...]] = []
         posting_rows: list[tuple[Any, ...]] = []
@@ -242,7 +263,8 @@ class LedgerBatch:
             JournalEntry.all_tenants.bulk_create(entries)
             Posting.all_tenants.bulk_create([Posting(**dict(zip(_POSTING_FIELDS, row, strict=True)))
                                              for row in posting_rows])
-        LedgerHead.objects.filter(pk=self.head.pk).update(seq=seq, hash=prev)
+        with connection.cursor() as cursor:
+            cursor.execute(_HEAD_UPDATE_SQL, [seq, prev, _head_tenant_id(self.tenant)])
         self.head.seq, self.head.hash = seq, prev
         self.entries.extend(entries)
         self.drafts.clear()

@@ -142,7 +142,7 @@ class TransferCreateApi(APIView):
             recipient = selectors.recipient_find(tenant=tenant, email=recipient_text)
         else:
             recipient = selectors.recipient_find(tenant=tenant, handle=recipient_text)
-        policy = selectors.tenant_asset_by_code(tenant=tenant, code=values["asset"])
+        policy = selectors.tenant_asset_by_code_cached(tenant=tenant, code=values["asset"])
         return services.TransferRequest(sender=request.user, recipient=recipient, asset=policy.asset,
                                         amount=values["amount"], memo=values["memo"], policy=policy)
 
