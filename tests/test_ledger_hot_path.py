@@ -1,0 +1,97 @@
+"""The hot-path helpers of the money core: set-based writes, plain-SQL lookups and per-process caches."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import connection, transaction
+
+from tenants.models import Tenant, User
+from tests.factories import UserFactory
+from tests.ledger_helpers import enable, fund
+from wallet.core import bulk
+from wallet.core.ids import uuid7
+from wallet.ledger import selectors
+from wallet.ledger.errors import AssetNotEnabled, RecipientNotFound
+from wallet.ledger.models import Transfer
+from wallet.ledger.services import transfer_create
+from wallet.ledger.verify import ledger_verify
+
+
+@pytest.mark.parametrize("count", [1, bulk.VALUES_MAX_ROWS, bulk.VALUES_MAX_ROWS + 1, 300])
+def test_transfers_are_written_the_same_by_insert_and_by_copy(tenant_a: Tenant, user_a: User, count: int) -> None:
+    """Up to VALUES_MAX_ROWS rows go in one INSERT, more with COPY (PostgreSQL); SQLite uses bulk_create.
+    Either way every transfer lands once, balanced, and reads back equal to what was returned."""
+    usd = enable(tenant_a, "USD")
+    fund(user_a, 1_000_000)
+    others = [UserFactory(tenant=tenant_a) for _ in range(5)]
+    from wallet.ledger.services import TransferRequest, transfers_execute
+
+    results = transfers_execute(tenant=tenant_a, requests=[
+        TransferRequest(user_a, others[i % 5], usd, 10 + i, memo=f"m{i}") for i in range(count)])
+    assert all(isinstance(r, Transfer) for r in results)
+    stored = {t.pk: t for t in Transfer.all_tenants.filter(pk__in=[r.pk for r in results])}
+    assert len(stored) == count
+    for result in results:
+        row = stored[result.pk]
+        assert (row.amount, row.memo, row.sender_id, row.recipient_id, row.entry_id) == (
+            result.amount, result.memo, result.sender_id, result.recipient_id, result.entry_id)
+        assert row.created_at == result.created_at
+    assert ledger_verify(tenant=tenant_a).ok
+
+
+def test_loaded_instances_behave_as_read_from_the_database(tenant_a: Tenant, user_a: User) -> None:
+    usd = enable(tenant_a, "USD")
+    fund(user_a, 1_000)
+    bob = UserFactory(tenant=tenant_a)
+    transfer = transfer_create(tenant=tenant_a, sender=user_a, recipient=bob, asset=usd, amount=5)
+    assert transfer._state.adding is False and transfer._state.db == "default"
+    with pytest.raises(Exception):
+        with transaction.atomic():
+            transfer.save(force_insert=True)
+    # related objects given to `loaded` cost no query
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as queries:
+        assert (transfer.sender, transfer.recipient, transfer.asset) == (user_a, bob, usd)
+    assert len(queries) == 0
+    assert bulk.loaded(Transfer, "default", {"id": uuid7()})._state.adding is False
+
+
+def test_recipients_are_found_case_insensitively_and_only_in_their_tenant(tenant_a: Tenant, tenant_b: Tenant) -> None:
+    bob = UserFactory(tenant=tenant_a, email="Bob.Smith@Example.com")
+    User.objects.filter(pk=bob.pk).update(handle="Bobby")
+    carol = UserFactory(tenant=tenant_b, email="carol@example.com")
+    User.objects.filter(pk=carol.pk).update(handle="carol")
+    assert selectors.recipient_find(tenant=tenant_a, email="  bob.smith@EXAMPLE.com ") == bob
+    assert selectors.recipient_find(tenant=tenant_a, handle="@bobby") == bob
+    found = selectors.recipient_find(tenant=tenant_a, handle="BOBBY")
+    assert (found.pk, found.email, found.tenant_id, found.is_active) == (bob.pk, bob.email, tenant_a.pk, True)
+    for kwargs in ({"email": "carol@example.com"}, {"handle": "carol"}, {"email": ""}, {}):
+        with pytest.raises(RecipientNotFound):
+            selectors.recipient_find(tenant=tenant_a, **kwargs)
+    User.objects.filter(pk=bob.pk).update(is_active=False)
+    with pytest.raises(RecipientNotFound):
+        selectors.recipient_find(tenant=tenant_a, email="bob.smith@example.com")
+
+
+def test_the_policy_cache_sees_this_processes_changes_at_once(tenant_a: Tenant) -> None:
+    enable(tenant_a, "USD", max_per_transfer=100)
+    assert selectors.tenant_asset_by_code_cached(tenant=tenant_a, code="usd").max_per_transfer == 100
+    enable(tenant_a, "USD", max_per_transfer=50)  # a save: the signal clears the cache
+    assert selectors.tenant_asset_by_code_cached(tenant=tenant_a, code="USD").max_per_transfer == 50
+    policy = selectors.tenant_asset_by_code(tenant=tenant_a, code="USD")
+    policy.enabled = False
+    policy.save()
+    with pytest.raises(AssetNotEnabled):
+        selectors.tenant_asset_by_code_cached(tenant=tenant_a, code="USD")
+
+
+def test_the_policy_cache_expires(tenant_a: Tenant, settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    enable(tenant_a, "USD", max_per_transfer=100)
+    assert selectors.tenant_asset_by_code_cached(tenant=tenant_a, code="USD").max_per_transfer == 100
+    # a change the signals do not see (another process, or a queryset update)
+    type(selectors.tenant_asset_by_code(tenant=tenant_a, code="USD")).all_tenants.filter(
+        tenant=tenant_a).update(max_per_transfer=7)
+    assert selectors.tenant_asset_by_code_cached(tenant=tenant_a, code="USD").max_per_transfer == 100
+    settings.LEDGER_POLICY_CACHE_SECONDS = 0
+    assert selectors.tenant_asset_by_code_cached(tenant=tenant_a, code="USD").max_per_transfer == 7
