@@ -3,7 +3,9 @@ refresh; another user's or tenant's bank accounts and balances are never returne
 
 from __future__ import annotations
 
+import io
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -35,7 +37,7 @@ def test_credentials_are_encrypted_at_rest_and_rotate(settings: Any, tenant_a: T
 
     # rotation: the new key first, the old one still accepted, then re-encrypt every row
     settings.BALANCES_CREDENTIAL_KEYS = f"{new},{old}"
-    call_command("balances_rotate_credentials", stdout=open("/dev/null", "w"))  # noqa: SIM115
+    call_command("balances_rotate_credentials", stdout=io.StringIO())
     rotated = ProviderConfig.all_tenants.values_list("credentials_encrypted", flat=True).get(pk=config.pk)
     assert rotated != stored
 
@@ -112,7 +114,18 @@ def test_another_users_bank_accounts_and_balances_are_never_returned(user_a: Use
     assert [s["kind"] for s in alice.get("/api/v1/balances").json()["sources"]] == ["ledger", "bank"]
 
 
-def test_scheduled_refresh_updates_users_with_linked_accounts(user_a: User, settings: Any) -> None:
+@pytest.fixture
+def eager() -> Iterator[None]:
+    """Fan-out tasks run in process (under `make test` REDIS_URL is set, which turns eager mode off)."""
+    from wallet.celery import app as celery_app
+
+    before = celery_app.conf.task_always_eager
+    celery_app.conf.task_always_eager = True
+    yield
+    celery_app.conf.task_always_eager = before
+
+
+def test_scheduled_refresh_updates_users_with_linked_accounts(user_a: User, eager: None) -> None:
     tenant = user_a.tenant
     enable(tenant, "USD")
     bank_account_link(tenant=tenant, user=user_a, account_ref="sandbox-refresh")
