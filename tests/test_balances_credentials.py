@@ -125,7 +125,8 @@ def eager() -> Iterator[None]:
     celery_app.conf.task_always_eager = before
 
 
-def test_scheduled_refresh_updates_users_with_linked_accounts(user_a: User, eager: None) -> None:
+def test_scheduled_refresh_updates_users_with_linked_accounts(user_a: User, eager: None, settings: Any) -> None:
+    settings.BALANCES_CONFIG_CACHE_SECONDS = 0  # the config changes below must apply at once
     tenant = user_a.tenant
     enable(tenant, "USD")
     bank_account_link(tenant=tenant, user=user_a, account_ref="sandbox-refresh")

@@ -16,30 +16,35 @@ from wallet.ledger.selectors import account_list
 
 
 class LedgerSource:
-    """The user's wallet accounts, read from the ledger in the factory (one query, in the request thread)."""
+    """The user's wallet accounts: a local source, read from the ledger (one query) in the request thread
+    while the remote sources are being fetched."""
 
     kind = "ledger"
     provider = "ledger"
+    local = True
 
-    def __init__(self, entries: list[BalanceEntry], timeout: float) -> None:
+    def __init__(self, tenant: Tenant, user: User, timeout: float) -> None:
         self.id = "ledger"
         self.label = "Wallet"
         self.timeout = timeout
-        self._entries = entries
+        self.tenant = tenant
+        self.user = user
+
+    def read(self) -> Sequence[BalanceEntry]:
+        return [
+            BalanceEntry(key=f"ledger:{account.pk}", asset=account.asset.code, decimals=account.asset.decimals,
+                         amount=account.available, label=account.asset.name,
+                         details={"account_id": str(account.pk), "posted": str(account.posted),
+                                  "held": str(account.held)})
+            for account in account_list(tenant=self.tenant, user=self.user)
+        ]
 
     async def fetch(self) -> Sequence[BalanceEntry]:
-        return self._entries
+        raise RuntimeError("a local source is read with read(), in the request thread")
 
 
 def ledger_sources(tenant: Tenant, user: User) -> list[BalanceSource]:
-    entries = [
-        BalanceEntry(key=f"ledger:{account.pk}", asset=account.asset.code, decimals=account.asset.decimals,
-                     amount=account.available, label=account.asset.name,
-                     details={"account_id": str(account.pk), "posted": str(account.posted),
-                              "held": str(account.held)})
-        for account in account_list(tenant=tenant, user=user)
-    ]
-    return [LedgerSource(entries, conf.source_timeout())]
+    return [LedgerSource(tenant, user, conf.source_timeout())]
 
 
 class BankSource:

@@ -89,3 +89,8 @@ def default_currency() -> str:
 def credential_keys() -> str:
     """Comma-separated Fernet keys (first encrypts, all decrypt); empty: derived from SECRET_KEY (dev only)."""
     return _str("BALANCES_CREDENTIAL_KEYS", "")
+
+
+def config_cache_seconds() -> float:
+    """How long a process reuses a tenant's provider configs (default 5; a change applies within it)."""
+    return _float("BALANCES_CONFIG_CACHE_SECONDS", 5.0)

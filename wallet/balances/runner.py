@@ -87,6 +87,16 @@ async def fetch_all(sources: Sequence[BalanceSource], extra: Sequence[Callable[[
     return results[:len(sources)], results[len(sources):]
 
 
+def read_local(source: BalanceSource) -> Outcome:
+    started = time.monotonic()
+    try:
+        entries = list(source.read())  # type: ignore[attr-defined]
+    except Exception:
+        logger.exception("local balance source failed", extra={"source": source.id})
+        return Outcome(error="source_failed", elapsed=time.monotonic() - started)
+    return Outcome(value=entries, elapsed=time.monotonic() - started)
+
+
 class _LoopThread:
     def __init__(self) -> None:
         self.pid = os.getpid()
@@ -120,6 +130,22 @@ def run_async(factory: Callable[[], Awaitable[T]], *, timeout: float, mode: str 
         return asyncio.run(_as_coroutine(factory))
     future = asyncio.run_coroutine_threadsafe(_as_coroutine(factory), _loop())
     return future.result(timeout)
+
+
+class Pending:
+    """A coroutine started on the process's event-loop thread; `result()` waits for it."""
+
+    def __init__(self, factory: Callable[[], Awaitable[Any]]) -> None:
+        self.future = asyncio.run_coroutine_threadsafe(_as_coroutine(factory), _loop())
+
+    def result(self, timeout: float) -> Any:
+        return self.future.result(timeout)
+
+
+def start(factory: Callable[[], Awaitable[Any]]) -> Pending:
+    """Start `factory()` on the event-loop thread now and return at once (the caller does its own
+    synchronous work meanwhile)."""
+    return Pending(factory)
 
 
 async def _as_coroutine(factory: Callable[[], Awaitable[T]]) -> T:

@@ -44,7 +44,7 @@ from wallet.balances.money import display_text, exact_sum, exact_value
 from wallet.balances.providers.banking import BankAccount
 from wallet.balances.providers.errors import ProviderError, ProviderNotConfigured, ProviderNotFound
 from wallet.balances.providers.factory import banking_provider, breaker_key, price_provider, provider_configs
-from wallet.balances.runner import Outcome, fetch_all, guarded, run_async
+from wallet.balances.runner import Outcome, fetch_all, guarded, read_local, run_async, start
 from wallet.balances.selectors import display_currency_of, stream_position
 from wallet.balances.sources import sources_for
 from wallet.events.services import EventSpec, events_emit, user_stream
@@ -53,6 +53,25 @@ logger = logging.getLogger("wallet.balances")
 
 SNAPSHOT_VERSION = 1
 EVENT_TYPE = "balances.updated"
+SOURCES_CHANGED = "balances.sources_changed"
+PREFERENCE_CHANGED = "balances.preference_changed"
+
+# Per-process copies of snapshots (the shared cache holds the same): a warm read then costs one database
+# round trip (the stream head) and no Redis round trip. A copy is only used while its `pos` equals the
+# head, so anything that must invalidate it in every process moves the user's stream (an event).
+_local_snapshots: dict[str, dict[str, Any]] = {}
+_LOCAL_MAX = 20_000
+
+
+def _remember(key: str, snapshot: dict[str, Any]) -> None:
+    if len(_local_snapshots) >= _LOCAL_MAX:
+        _local_snapshots.clear()
+    _local_snapshots[key] = snapshot
+
+
+def local_snapshots_clear() -> None:
+    _local_snapshots.clear()
+    _local_rates.clear()
 
 
 def snapshot_key(tenant_id: Any, user_id: Any) -> str:
@@ -102,13 +121,32 @@ def _rates_call(tenant: Tenant, quote: str, configs: dict[str, ProviderConfig]
     return call, None
 
 
+_local_rates: dict[str, dict[str, Any]] = {}
+
+
+def _rates_cached(tenant: Tenant, quote: str) -> dict[str, Any] | None:
+    """The last rates into `quote` this process knows (then the shared cache's)."""
+    key = rates_key(tenant.pk, quote)
+    rates = _local_rates.get(key)
+    if rates is None or time.time() - rates["as_of"] >= conf.rates_fresh_seconds():
+        shared = cache.get(key)
+        if shared is not None:
+            rates = shared
+            _local_rates[key] = shared
+    return rates
+
+
 def _rates_after(tenant: Tenant, quote: str, outcome: Outcome | None, error: str | None,
                  cached: dict[str, Any] | None, now: float) -> dict[str, Any]:
     """The rates to use after a price call (fresh), or the last known ones (stale), or none."""
     if outcome is not None and outcome.ok:
         rates = {"quote": quote, "as_of": now, "status": "fresh", "error": None,
                  "values": {code: str(rate) for code, rate in outcome.value.items()}}
-        cache.set(rates_key(tenant.pk, quote), rates, conf.keep_seconds())
+        key = rates_key(tenant.pk, quote)
+        cache.set(key, rates, conf.keep_seconds())
+        if len(_local_rates) > 10_000:
+            _local_rates.clear()
+        _local_rates[key] = rates
         return rates
     code = outcome.error if outcome is not None else error
     if cached is not None:
@@ -119,7 +157,7 @@ def _rates_after(tenant: Tenant, quote: str, outcome: Outcome | None, error: str
 def rates_get(*, tenant: Tenant, quote: str) -> dict[str, Any]:
     """Rates into `quote`: cached while fresh, else from the tenant's price provider (within its timeout)."""
     now = time.time()
-    cached = cache.get(rates_key(tenant.pk, quote))
+    cached = _rates_cached(tenant, quote)
     if cached is not None and now - cached["as_of"] < conf.rates_fresh_seconds():
         return cached
     call, error = _rates_call(tenant, quote, provider_configs(tenant=tenant))
@@ -143,32 +181,49 @@ def balances_refresh(*, tenant: Tenant, user: User, previous: dict[str, Any] | N
     snapshot, store the new snapshot and emit `balances.updated` when balances changed; return it.
 
     `sequential` fetches one source after another (the benchmark's reference; never in production)."""
+    # Order matters for latency: the remote sources start as soon as they are known, the price call as
+    # soon as the quote is; the other reads (stream head, ledger, last snapshot) run while they are in
+    # flight. The stream head is read before the ledger: a change landing between the two only makes the
+    # next read refresh again.
+    sources = sources_for(tenant, user)
+    local = [s for s in sources if getattr(s, "local", False)]
+    remote = [s for s in sources if not getattr(s, "local", False)]
+    longest = max([s.timeout for s in remote] + [conf.price_timeout()])
+    overlap = not sequential and conf.async_mode() == "loop"
+    remote_pending = start(lambda: fetch_all(remote)) if overlap else None
+
+    currency = display_currency_of(tenant=tenant, user=user)
+    now = time.time()
+    cached_rates = _rates_cached(tenant, currency)
+    rates_fresh = cached_rates is not None and now - cached_rates["as_of"] < conf.rates_fresh_seconds()
+    price_call, rates_error = (None, None) if rates_fresh else _rates_call(tenant, currency,
+                                                                           provider_configs(tenant=tenant))
+    price_pending = start(price_call) if overlap and price_call is not None else None
+
     if position is None:
         position = stream_position(tenant=tenant, user=user)
+    local_outcomes = [read_local(s) for s in local]
+    key = snapshot_key(tenant.pk, user.pk)
     if previous is None:
-        previous = cache.get(snapshot_key(tenant.pk, user.pk))
+        previous = cache.get(key)
         if previous is not None and previous.get("v") != SNAPSHOT_VERSION:
             previous = None
-    currency = display_currency_of(tenant=tenant, user=user)
-    sources = sources_for(tenant, user)
-    now = time.time()
-    cached_rates = cache.get(rates_key(tenant.pk, currency))
-    rates_fresh = cached_rates is not None and now - cached_rates["as_of"] < conf.rates_fresh_seconds()
-    extra: list[Callable[[], Awaitable[Outcome]]] = []
-    rates_error = None
-    if not rates_fresh:
-        call, rates_error = _rates_call(tenant, currency, provider_configs(tenant=tenant))
-        if call is not None:
-            extra.append(call)
-    longest = max([s.timeout for s in sources] + [conf.price_timeout()])
-    outcomes, extra_outcomes = run_async(lambda: fetch_all(sources, extra, sequential=sequential),
-                                         timeout=longest * (len(sources) + 1 if sequential else 1) + 2)
-    now = time.time()
-    if rates_fresh:
-        rates = cached_rates
+
+    if overlap:
+        assert remote_pending is not None
+        remote_outcomes, _ = remote_pending.result(longest + 2)
+        price_outcome = price_pending.result(longest + 2) if price_pending is not None else None
     else:
-        rates = _rates_after(tenant, currency, extra_outcomes[0] if extra_outcomes else None, rates_error,
-                             cached_rates, now)
+        extra = [price_call] if price_call is not None else []
+        remote_outcomes, extra_outcomes = run_async(
+            lambda: fetch_all(remote, extra, sequential=sequential),
+            timeout=longest * (len(remote) + 1 if sequential else 1) + 2)
+        price_outcome = extra_outcomes[0] if extra_outcomes else None
+    local_iter, remote_iter = iter(local_outcomes), iter(remote_outcomes)
+    outcomes = [next(local_iter) if getattr(source, "local", False) else next(remote_iter) for source in sources]
+    now = time.time()
+    rates = cached_rates if rates_fresh else _rates_after(tenant, currency, price_outcome, rates_error,
+                                                          cached_rates, now)
 
     known = {s["id"]: s for s in (previous or {}).get("sources", []) if s["status"] != "unavailable"}
     merged = []
@@ -197,7 +252,8 @@ def balances_refresh(*, tenant: Tenant, user: User, previous: dict[str, Any] | N
         # Our own event moved the head; anything else that landed meanwhile must still invalidate.
         seq = rows[0].seq
         snapshot["pos"] = seq if seq == position + 1 else position
-    cache.set(snapshot_key(tenant.pk, user.pk), snapshot, conf.keep_seconds())
+    cache.set(key, snapshot, conf.keep_seconds())
+    _remember(key, snapshot)
     return snapshot
 
 
@@ -246,16 +302,34 @@ def balances_read(*, tenant: Tenant, user: User, currency: str | None = None, re
     fresh and the user's stream has not moved (no provider touched); otherwise refreshed first."""
     if currency:
         currency_info(currency)
+    if refresh:  # pull to refresh: no need to validate anything first
+        snapshot = balances_refresh(tenant=tenant, user=user, sequential=sequential)
+        return _render_for(tenant, snapshot, currency, time.time())
     position = stream_position(tenant=tenant, user=user)
-    snapshot = cache.get(snapshot_key(tenant.pk, user.pk))
+    key = snapshot_key(tenant.pk, user.pk)
     now = time.time()
-    if snapshot is not None and snapshot.get("v") != SNAPSHOT_VERSION:
-        snapshot = None
-    if (refresh or snapshot is None or snapshot["pos"] != position
-            or now - snapshot["computed_at"] >= conf.fresh_seconds()):
-        snapshot = balances_refresh(tenant=tenant, user=user, previous=snapshot, position=position,
-                                    sequential=sequential)
-        now = time.time()
+    fresh = conf.fresh_seconds()
+
+    def usable(candidate: dict[str, Any] | None) -> bool:
+        return candidate is not None and candidate["pos"] == position and now - candidate["computed_at"] < fresh
+
+    snapshot = _local_snapshots.get(key)
+    if not usable(snapshot):
+        shared = cache.get(key)
+        if shared is not None and shared.get("v") != SNAPSHOT_VERSION:
+            shared = None
+        if shared is not None:
+            snapshot = shared
+            _remember(key, shared)
+        if not usable(snapshot):
+            snapshot = balances_refresh(tenant=tenant, user=user, previous=snapshot, position=position,
+                                        sequential=sequential)
+            now = time.time()
+    assert snapshot is not None
+    return _render_for(tenant, snapshot, currency, now)
+
+
+def _render_for(tenant: Tenant, snapshot: dict[str, Any], currency: str | None, now: float) -> dict[str, Any]:
     quote = currency.strip().upper() if currency else snapshot["currency"]
     rates = snapshot["rates"] if snapshot["rates"]["quote"] == quote else rates_get(tenant=tenant, quote=quote)
     return balances_render(snapshot, quote=quote, rates=rates, now=now)
@@ -264,6 +338,7 @@ def balances_read(*, tenant: Tenant, user: User, currency: str | None = None, re
 def balances_invalidate(*, tenant_id: Any, user_id: Any) -> None:
     """Make the next read refresh (keeping the snapshot's last known values for `stale` answers)."""
     key = snapshot_key(tenant_id, user_id)
+    _local_snapshots.pop(key, None)
     snapshot = cache.get(key)
     if snapshot is not None:
         snapshot["computed_at"] = 0.0
@@ -277,6 +352,12 @@ def _invalidate_on_commit(tenant_id: Any, user_id: Any) -> None:
     transaction.on_commit(lambda: balances_invalidate(tenant_id=tenant_id, user_id=user_id))
 
 
+def _emit(tenant: Tenant, user_id: Any, event_type: str, data: dict[str, Any]) -> None:
+    """An event on the user's stream (in the caller's transaction): the app hears of it, and it moves the
+    stream head, which invalidates the user's cached snapshot in every process."""
+    events_emit(tenant=tenant, events=[EventSpec(stream=user_stream(user_id), type=event_type, data=data)])
+
+
 # --- preference -----------------------------------------------------------------------------------------
 
 
@@ -286,6 +367,7 @@ def preference_set(*, tenant: Tenant, user: User, display_currency: str) -> Bala
     with transaction.atomic():
         preference, _ = BalancePreference.all_tenants.update_or_create(
             user=user, defaults={"tenant": tenant, "display_currency": info.symbol, "updated_at": timezone.now()})
+        _emit(tenant, user.pk, PREFERENCE_CHANGED, {"display_currency": info.symbol})
         _invalidate_on_commit(tenant.pk, user.pk)
     return preference
 
@@ -336,6 +418,7 @@ def bank_account_link(*, tenant: Tenant, user: User, account_ref: str) -> Linked
                 tenant=tenant, user=user, provider=provider, external_id=bank.external_id, name=bank.name[:200],
                 institution=bank.institution[:100], account_last4=bank.account_last4[-4:], currency=bank.currency,
             )
+            _emit(tenant, user.pk, SOURCES_CHANGED, {"bank_account_id": str(account.pk), "change": "linked"})
     except IntegrityError as exc:
         raise BankAccountAlreadyLinked() from exc
     _invalidate_on_commit(tenant.pk, user.pk)
@@ -348,5 +431,6 @@ def bank_account_remove(*, tenant: Tenant, account: LinkedBankAccount) -> Linked
         LinkedBankAccount.all_tenants.filter(pk=account.pk, tenant=tenant).update(
             status=LinkedBankAccount.Status.REMOVED, removed_at=timezone.now())
         account.refresh_from_db()
+        _emit(tenant, account.user_id, SOURCES_CHANGED, {"bank_account_id": str(account.pk), "change": "removed"})
         _invalidate_on_commit(tenant.pk, account.user_id)
     return account

@@ -12,6 +12,10 @@ Other apps plug in with one call, e.g. from `chains`' `AppConfig.ready()`:
     register_source_factory("chains", chain_balance_sources)  # (tenant, user) -> iterable of sources
 
 The money core never imports them (DESIGN.md: the core learns of chains through a source interface).
+
+A source that only reads our own database (the ledger) sets `local = True` and implements a synchronous
+`read()` instead of `fetch()`: it runs in the request thread while the remote sources are awaited, so its
+queries cost no extra wall time.
 """
 
 from __future__ import annotations

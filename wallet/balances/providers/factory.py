@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import httpx
 from django.conf import settings
 
 from tenants.models import Tenant
+from wallet.balances import conf
 from wallet.balances.crypto import InvalidToken, credentials_decrypt
 from wallet.balances.models import ProviderConfig
 from wallet.balances.providers.banking import BankingProvider, SandboxBanking, UnitBanking
@@ -18,9 +20,27 @@ from wallet.balances.providers.prices import CoinGeckoPrices, PriceProvider, San
 test_transport: httpx.AsyncBaseTransport | None = None
 
 
+_configs: dict[Any, tuple[float, dict[str, ProviderConfig]]] = {}
+
+
 def provider_configs(*, tenant: Tenant) -> dict[str, ProviderConfig]:
-    """The tenant's enabled configs by kind (one query)."""
-    return {c.kind: c for c in ProviderConfig.objects.for_tenant(tenant).filter(enabled=True)}
+    """The tenant's enabled configs by kind: one query, reused by the process for
+    `BALANCES_CONFIG_CACHE_SECONDS` (a changed config applies everywhere within that time)."""
+    ttl = conf.config_cache_seconds()
+    cached = _configs.get(tenant.pk)
+    now = time.monotonic()
+    if cached is not None and now - cached[0] < ttl:
+        return cached[1]
+    configs = {c.kind: c for c in ProviderConfig.objects.for_tenant(tenant).filter(enabled=True)}
+    if ttl > 0:
+        if len(_configs) > 10_000:
+            _configs.clear()
+        _configs[tenant.pk] = (now, configs)
+    return configs
+
+
+def provider_configs_clear() -> None:
+    _configs.clear()
 
 
 def breaker_key(kind: str, provider: str, tenant: Tenant) -> str:
