@@ -174,8 +174,6 @@ def run(servers: Servers) -> None:
     say(f"warm paced at half the maximum ({target:.0f} req/s asked, {connections} connections): "
         f"{paced.requests_per_second:.0f} req/s, p50 {paced.p50_ms:.2f} ms, p99 {paced.p99_ms:.2f} ms")
 
-    import shutil
-    shutil.copy(servers.running[0].log, "/tmp/balances_gunicorn.log")  # DEBUG
     modes = loop_modes(env)
     say(f"sync->async per call (4 no-op coroutines): loop thread {modes['loop']:.0f} us, "
         f"asyncio.run {modes['run']:.0f} us")

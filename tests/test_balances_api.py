@@ -149,3 +149,43 @@ def test_a_ledger_change_invalidates_the_snapshot_and_emits_balances_updated(ali
     # and a read right after is served from the snapshot (the event it emitted does not invalidate it)
     alice.get("/api/v1/balances")
     assert OutboxEvent.all_tenants.filter(type="balances.updated").count() == 1
+
+
+def test_links_and_preference_changes_move_the_stream_so_every_process_refreshes(alice: AppClient,
+                                                                                  user_a: User) -> None:
+    from wallet.balances import services
+
+    alice.get("/api/v1/balances")
+    key = snapshot_key(user_a.tenant.pk, user_a.pk)
+    other_process_copy = dict(services._local_snapshots[key])
+
+    # when the account is linked (as if by another process: this process keeps its old copy)
+    link(alice, "sandbox-other-process")
+    services._local_snapshots[key] = other_process_copy
+
+    # then the stream head moved, so the old copy is not used: the new source is there
+    assert [s["kind"] for s in alice.get("/api/v1/balances").json()["sources"]] == ["ledger", "bank"]
+    types = list(OutboxEvent.all_tenants.filter(tenant=user_a.tenant).values_list("type", flat=True))
+    assert "balances.sources_changed" in types
+    alice.patch("/api/v1/balances/preferences", {"display_currency": "GBP"}, format="json")
+    assert "balances.preference_changed" in OutboxEvent.all_tenants.values_list("type", flat=True)
+
+
+def test_the_demo_user_sees_a_linked_sandbox_bank_account(db: Any) -> None:
+    import io
+    import json
+
+    from django.core.management import call_command
+
+    out = io.StringIO()
+    call_command("seed_demo", "--json", stdout=out)
+    creds = json.loads(out.getvalue())
+    client = AppClient(creds["app_key"])
+    tokens = client.post("/api/v1/auth/token", {"email": creds["app_user"]["email"],
+                                                "password": creds["app_user"]["password"]}, format="json").json()
+    client.credentials(HTTP_X_APP_KEY=creds["app_key"], HTTP_AUTHORIZATION=f"Bearer {tokens['access']}")
+
+    body = client.get("/api/v1/balances").json()
+
+    assert {s["kind"]: s["status"] for s in body["sources"]} == {"ledger": "fresh", "bank": "fresh"}
+    assert body["total"]["complete"] is True
