@@ -23,7 +23,8 @@ class BalanceSourceOutputSerializer(serializers.Serializer):
     id = serializers.CharField(help_text="ledger, bank:<linked account id>, chain:...")
     kind = serializers.CharField()
     label = serializers.CharField()
-    status = serializers.ChoiceField(choices=["fresh", "stale", "unavailable"])
+    # Plain strings rather than enums: drf-spectacular would name colliding "status" enums arbitrarily.
+    status = serializers.CharField(help_text="fresh, stale or unavailable")
     error = serializers.CharField(allow_null=True, help_text="Why stale/unavailable, e.g. provider_timeout")
     as_of = serializers.DateTimeField(allow_null=True, help_text="When these figures were fetched")
     age_seconds = serializers.IntegerField(allow_null=True)
@@ -36,7 +37,7 @@ class BalanceTotalOutputSerializer(serializers.Serializer):
 
 
 class RatesStatusOutputSerializer(serializers.Serializer):
-    status = serializers.ChoiceField(choices=["fresh", "stale", "unavailable"])
+    status = serializers.CharField(help_text="fresh, stale or unavailable")
     as_of = serializers.DateTimeField(allow_null=True)
     error = serializers.CharField(allow_null=True)
 
@@ -56,6 +57,8 @@ class PreferenceOutputSerializer(serializers.Serializer):
 
 
 class BankAccountOutputSerializer(serializers.ModelSerializer):
+    status = serializers.CharField(read_only=True, help_text="active or removed")
+
     class Meta:
         model = LinkedBankAccount
         fields = ("id", "provider", "external_id", "name", "institution", "account_last4", "currency", "status",
