@@ -72,6 +72,7 @@ def _remember(key: str, snapshot: dict[str, Any]) -> None:
 def local_snapshots_clear() -> None:
     _local_snapshots.clear()
     _local_rates.clear()
+    _rendered.clear()
 
 
 def snapshot_key(tenant_id: Any, user_id: Any) -> str:
@@ -304,7 +305,7 @@ def balances_read(*, tenant: Tenant, user: User, currency: str | None = None, re
         currency_info(currency)
     if refresh:  # pull to refresh: no need to validate anything first
         snapshot = balances_refresh(tenant=tenant, user=user, sequential=sequential)
-        return _render_for(tenant, snapshot, currency, time.time())
+        return _render_for(tenant, user, snapshot, currency, time.time())
     position = stream_position(tenant=tenant, user=user)
     key = snapshot_key(tenant.pk, user.pk)
     now = time.time()
@@ -326,13 +327,28 @@ def balances_read(*, tenant: Tenant, user: User, currency: str | None = None, re
                                         sequential=sequential)
             now = time.time()
     assert snapshot is not None
-    return _render_for(tenant, snapshot, currency, now)
+    return _render_for(tenant, user, snapshot, currency, now)
 
 
-def _render_for(tenant: Tenant, snapshot: dict[str, Any], currency: str | None, now: float) -> dict[str, Any]:
+_rendered: dict[tuple[str, str], tuple[tuple[Any, ...], dict[str, Any]]] = {}
+
+
+def _render_for(tenant: Tenant, user: User, snapshot: dict[str, Any], currency: str | None,
+                now: float) -> dict[str, Any]:
+    """The body for `snapshot` in `currency`; the same snapshot, rates and second render once per process
+    (ages are whole seconds)."""
     quote = currency.strip().upper() if currency else snapshot["currency"]
     rates = snapshot["rates"] if snapshot["rates"]["quote"] == quote else rates_get(tenant=tenant, quote=quote)
-    return balances_render(snapshot, quote=quote, rates=rates, now=now)
+    marker = (snapshot["computed_at"], snapshot["pos"], rates["as_of"], rates["status"], int(now))
+    cache_key = (snapshot_key(tenant.pk, user.pk), quote)
+    hit = _rendered.get(cache_key)
+    if hit is not None and hit[0] == marker:
+        return hit[1]
+    body = balances_render(snapshot, quote=quote, rates=rates, now=now)
+    if len(_rendered) >= _LOCAL_MAX:
+        _rendered.clear()
+    _rendered[cache_key] = (marker, body)
+    return body
 
 
 def balances_invalidate(*, tenant_id: Any, user_id: Any) -> None:

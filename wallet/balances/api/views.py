@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.http import HttpResponse
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.request import Request
@@ -15,6 +16,7 @@ from wallet.balances.api.serializers import (
     PreferenceOutputSerializer,
 )
 from wallet.balances.assets import display_currencies
+from wallet.core.jsonutil import dumps
 from wallet.idempotency.api import idempotency_key_parameter, idempotent
 
 
@@ -30,7 +32,7 @@ class BalancesApi(APIView):
 
     @extend_schema(parameters=[FilterSerializer], responses={200: BalancesOutputSerializer},
                    operation_id="balances_get")
-    def get(self, request: Request) -> Response:
+    def get(self, request: Request) -> HttpResponse:
         params = request.query_params
         currency = params.get("currency")
         refresh = False
@@ -40,7 +42,8 @@ class BalancesApi(APIView):
             refresh = filters.validated_data["refresh"]
         body = services.balances_read(tenant=request._request.tenant, user=request.user, currency=currency,
                                       refresh=refresh)
-        return Response(body)
+        # Pre-encoded JSON skips DRF's template-response machinery (same bytes), as `/me` does.
+        return HttpResponse(dumps(body), content_type="application/json")
 
 
 class PreferenceGetApi(APIView):
