@@ -70,7 +70,10 @@ def by_id(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {s["id"]: s for s in body["sources"]}
 
 
-def test_four_sources_of_200ms_answer_in_well_under_400ms(plugged: list[FakeSource], tenant_user) -> None:
+@pytest.mark.parametrize("mode", ["loop", "run"])
+def test_four_sources_of_200ms_answer_in_well_under_400ms(plugged: list[FakeSource], tenant_user, mode: str,
+                                                          settings: Any) -> None:
+    settings.BALANCES_ASYNC_MODE = mode  # event-loop thread per process, or asyncio.run per request
     tenant, user = tenant_user
     plugged.extend(FakeSource(f"s{i}", delay=0.2) for i in range(4))
     balances_read(tenant=tenant, user=user)  # warms the process (event-loop thread, asset catalogue)
