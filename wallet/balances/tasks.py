@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 from celery import shared_task
 
 from tenants.models import Tenant
 from tenants.tasks import TenantTask
 
 REFRESH_BATCH = 500
+logger = logging.getLogger("wallet.balances")
 
 
 @shared_task(name="balances.refresh_all")
@@ -37,6 +40,12 @@ def refresh_tenant(self: TenantTask, *, tenant_id: str) -> int:
     tenant = current_tenant()
     user_ids = list(LinkedBankAccount.objects.for_tenant(tenant).filter(status=LinkedBankAccount.Status.ACTIVE)
                     .values_list("user_id", flat=True).distinct()[:REFRESH_BATCH])
+    refreshed = 0
     for user in User.objects.filter(tenant=tenant, pk__in=user_ids, is_active=True):
-        balances_refresh(tenant=tenant, user=user)
-    return len(user_ids)
+        try:
+            balances_refresh(tenant=tenant, user=user)
+        except Exception:  # one user's failure must not stop the others; the next run tries again
+            logger.exception("balances refresh failed", extra={"user": str(user.pk)})
+            continue
+        refreshed += 1
+    return refreshed
