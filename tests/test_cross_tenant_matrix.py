@@ -300,6 +300,16 @@ REGISTRY: dict[str, Case | tuple[Case, ...]] = {
     "hold-post": ObjectCase(make=lambda w: {"hold_id": str(w.money_a["hold"].pk)}, control_method="POST"),
     "hold-void": ObjectCase(make=lambda w: {"hold_id": str(w.money_a["hold"].pk)}, control_method="POST"),
     # --- balances (wallet.balances) ---
+    "balances": ReadCase(),
+    "balance-preferences": (ReadCase(), ActionCase(body=lambda w, c: {"display_currency": "EUR"}, status=200,
+                                                   methods=("PATCH",))),
+    # B's caller links a sandbox account id of its own tenant's bank (A's links are not visible or touched)
+    "bank-accounts": (ReadCase(), ActionCase(body=lambda w, c: {"account_ref": "sandbox-matrix-a"}, status=201,
+                                             methods=("POST",))),
+    # user_a's account, linked through the service (balances' own tests cover the link itself)
+    "bank-account-detail": ObjectCase(make=lambda w: {"bank_account_id": str(
+        __import__("wallet.balances.services", fromlist=["bank_account_link"]).bank_account_link(
+            tenant=w.tenant_a, user=w.user_a, account_ref="sandbox-matrix-a").pk)}),
 
     # --- branding ---
 

@@ -1,7 +1,8 @@
 """`manage.py seed_demo`: the demo tenant for `make run` (idempotent: running it twice changes nothing).
 
 Creates tenant `demo` with an app key, two app users (funded once, in USD and EUR), a tenant owner for
-the admin, and a platform superuser; enables USD, EUR and the local dev chain's ETH. Passwords are fixed
+the admin, and a platform superuser; enables USD, EUR and the local dev chain's ETH; configures the
+sandbox bank and price providers and links a sandbox bank account for the first user. Passwords are fixed
 development values and the command refuses to run in production.
 """
 
@@ -16,10 +17,14 @@ from django.db import transaction
 
 from tenants import services
 from tenants.models import AppKey, Membership, Tenant, User
+from wallet.balances import services as balances
+from wallet.balances.models import LinkedBankAccount, ProviderConfig
 from wallet.ledger import services as ledger
 from wallet.ledger.models import Asset, JournalEntry
 
 DEMO_ASSETS = {"USD": 100_000, "EUR": 50_000, "ETH:31337": 0}  # asset -> starting balance (smallest unit)
+
+DEMO_BANK_ACCOUNT = "sandbox-demo-checking"  # the sandbox bank knows every "sandbox-..." id
 
 DEMO = {
     "slug": "demo",
@@ -60,6 +65,13 @@ class Command(BaseCommand):
                         if amount:
                             ledger.sandbox_fund(tenant=tenant, user=user, asset=Asset.objects.get(code=code),
                                                 amount=amount, memo="Demo starting balance")
+            # Balances: the sandbox bank and price table (no network), and a linked bank account for alice.
+            for kind in (ProviderConfig.Kind.BANKING, ProviderConfig.Kind.PRICES):
+                ProviderConfig.all_tenants.get_or_create(tenant=tenant, kind=kind,
+                                                         defaults={"provider": ProviderConfig.Provider.SANDBOX})
+            alice = User.objects.get(tenant=tenant, email__iexact=DEMO["app_user"][0])
+            if not LinkedBankAccount.all_tenants.filter(tenant=tenant, user=alice).exists():
+                balances.bank_account_link(tenant=tenant, user=alice, account_ref=DEMO_BANK_ACCOUNT)
             owner_email, owner_password = DEMO["owner"]
             if not User.objects.filter(tenant=tenant, email__iexact=owner_email).exists():
                 services.staff_create(tenant=tenant, email=owner_email, role=Membership.Role.OWNER,
@@ -71,7 +83,8 @@ class Command(BaseCommand):
             "tenant": tenant.slug,
             "app_key": key.key,
             "app_user": {"email": DEMO["app_user"][0], "password": DEMO["app_user"][1], "handle": "alice",
-                         "funded": {"USD": "1000.00", "EUR": "500.00"}},
+                         "funded": {"USD": "1000.00", "EUR": "500.00"},
+                         "linked_bank_account": DEMO_BANK_ACCOUNT},
             "second_app_user": {"email": DEMO["second_user"][0], "password": DEMO["second_user"][1]},
             "tenant_owner": {"organisation": tenant.slug, "email": owner_email, "password": owner_password},
             "platform_admin": {"username": "admin", "password": su_password},
