@@ -128,6 +128,9 @@ def branding_release_publish(*, tenant: Tenant, actor: User | None = None,
                                                              "delivery_id": str(delivery.pk)}),
             robust=True,
         )
+    # Forget the cached runtime answer now and again at commit (a request in between may re-cache the
+    # old release; other processes pick the new one up within BRANDING_RUNTIME_CACHE_SECONDS).
+    runtime.forget(tenant.pk)
     transaction.on_commit(lambda: runtime.forget(tenant.pk))
     return release
 
