@@ -72,7 +72,7 @@ def parse(cls: type[T], data: Any, problems: list[Problem], pointer: str = "") -
     """Build `cls` from JSON data; append a `Problem` for each field that is missing, unknown or of the
     wrong type (and keep going, so that every failing field is reported at once)."""
     value = _parse_value(cls, data, problems, pointer)
-    return value  # type: ignore[return-value]
+    return None if value is _MISSING else value  # type: ignore[return-value]
 
 
 _MISSING = object()

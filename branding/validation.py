@@ -275,7 +275,7 @@ def check_upload(usage: str, data: bytes, pointer: str = "/file") -> UploadCheck
         return UploadCheck(None, None, None, [Problem(pointer, "invalid_usage", f"Usage is one of {USAGES}.")])
     if usage == "font":
         return _check_font(data, pointer)
-    if usage == "logo" and _looks_like_svg(data):
+    if usage == "logo" and not data.startswith(b"\x89PNG"):
         return _check_svg(data, pointer)
     return _check_png(usage, data, pointer)
 
