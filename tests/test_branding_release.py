@@ -90,3 +90,23 @@ def test_releases_are_per_tenant(tenant_a: Tenant, tenant_b: Tenant) -> None:
     assert [r.number for r in release_list(tenant=tenant_b)] == [1]
     assert draft_get(tenant=tenant_a).content["identity"]["display_name"] == "Tenant A"
     assert draft_get(tenant=tenant_b).content["identity"]["display_name"] == "Tenant B"
+
+
+def test_seed_demo_publishes_the_demo_branding_once(db: Any) -> None:
+    import io
+    import json
+
+    from django.core.management import call_command
+
+    from tests.conftest import AppClient
+
+    out = io.StringIO()
+    call_command("seed_demo", "--json", stdout=out)
+    call_command("seed_demo", "--json", stdout=io.StringIO())
+    creds = json.loads(out.getvalue())
+
+    demo = Tenant.objects.get(slug="demo")
+    assert [r.number for r in release_list(tenant=demo)] == [1]
+    response = AppClient(creds["app_key"]).get("/api/v1/branding")
+    assert response.status_code == 200
+    assert json.loads(response.content)["runtime"]["app_key"] == creds["app_key"]
