@@ -198,3 +198,14 @@ def test_style_dictionary_builds_flutter_output_from_the_tokens(golden: Tenant, 
     assert "static const radiusMedium = 12.00;" in dart
     assert 'static const fontBody = "Brand Sans";' in dart
     assert _dart_errors(dart.encode()) == []
+
+
+def test_export_command_refuses_unknown_tenants_and_releases(golden: Tenant, tmp_path: Path) -> None:
+    from django.core.management.base import CommandError
+
+    with pytest.raises(CommandError, match="no tenant"):
+        call_command("export_branding", "nobody", "--zip", str(tmp_path / "x.zip"), stdout=io.StringIO())
+    with pytest.raises(CommandError, match="no such release"):
+        call_command("export_branding", golden.slug, "--release", "7", "--zip", str(tmp_path / "x.zip"),
+                     stdout=io.StringIO())
+    assert not (tmp_path / "x.zip").exists()
