@@ -166,3 +166,14 @@ def test_build_tokens_are_stored_hashed_and_rotated_by_the_command(tenant_a: Ten
     assert [r.token_hash for r in rows] == [hashlib.sha256(t.encode()).hexdigest() for t in (first, second)]
     assert all(first not in str(value) for r in rows for value in r.__dict__.values())
     assert rows[0].revoked_at is not None and rows[1].revoked_at is None
+
+
+def test_head_answers_like_get_without_a_body(tenant_a: Tenant) -> None:
+    publish_sample(tenant_a)
+    client = AppClient(app_key_of(tenant_a))
+
+    response = client.head(RUNTIME)
+
+    assert response.status_code == 200
+    assert response.content == b""
+    assert response["ETag"] == client.get(RUNTIME)["ETag"]

@@ -28,7 +28,7 @@ class BrandingRuntimeView(View):
     """`GET /api/v1/branding`: the tenant's current release (app key only, no sign-in), with an ETag;
     `If-None-Match` with the current ETag answers 304."""
 
-    http_method_names = ["get", "options"]
+    http_method_names = ["get", "head", "options"]
 
     def get(self, request: HttpRequest) -> HttpResponse:
         tenant = request.tenant  # type: ignore[attr-defined]
@@ -49,7 +49,7 @@ class ReleaseBundleView(View):
     """`GET /api/v1/branding/releases/{n}/bundle.zip`: the release's reproducible bundle, for CI, with
     `Authorization: Bearer <build token>` of the app key's tenant (read-only)."""
 
-    http_method_names = ["get", "options"]
+    http_method_names = ["get", "head", "options"]
 
     def get(self, request: HttpRequest, number: int) -> HttpResponse:
         tenant = request.tenant  # type: ignore[attr-defined]
