@@ -312,6 +312,8 @@ REGISTRY: dict[str, Case | tuple[Case, ...]] = {
             tenant=w.tenant_a, user=w.user_a, account_ref="sandbox-matrix-a").pk)}),
 
     # --- branding ---
+    # tenant B's app key only ever resolves tenant B's branding (none published in the world: 404)
+    "branding-runtime": ReadCase(status=404),
 
     # --- chains ---
 
@@ -325,6 +327,9 @@ EXEMPT: dict[str, str] = {
     # --- balances (wallet.balances) ---
 
     # --- branding ---
+    "branding-release-bundle": "authenticated by a per-tenant build token (not a user token) looked up within "
+                               "the app key's tenant; tenant B's token against tenant A is covered by "
+                               "tests/test_branding_api.py::test_tenant_b_build_token_cannot_fetch_tenant_a_bundle",
 
     # --- chains ---
 

@@ -15,6 +15,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
+from branding.demo import seed_sample_branding
 from tenants import services
 from tenants.models import AppKey, Membership, Tenant, User
 from wallet.balances import services as balances
@@ -79,6 +80,8 @@ class Command(BaseCommand):
             su_email, su_password = DEMO["superuser"]
             if not User.objects.filter(tenant__isnull=True, email__iexact=su_email).exists():
                 User.objects.create_superuser(username="admin", email=su_email, password=su_password)
+        # Branding: a sample draft and, the first time, release 1 (publishing is its own durable transaction).
+        seed_sample_branding(tenant=tenant, app_key=key.key)
         creds = {
             "tenant": tenant.slug,
             "app_key": key.key,
