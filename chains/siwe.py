@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.db import IntegrityError, transaction
@@ -49,7 +49,7 @@ class NonceGrant:
 
 
 def _iso(moment: datetime) -> str:
-    return moment.astimezone(timezone.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def siwe_nonce_issue(*, tenant: Tenant, user: User, tenant_chain: TenantChain, domain: str, uri: str) -> NonceGrant:

@@ -376,7 +376,7 @@ class ChainWatcher:
             cursor = ChainCursor.objects.select_for_update().get(chain=self.chain)
             if cursor.block_number != start - 1:
                 raise ReorgDuringScan("another watcher moved the cursor")  # rolled back; the next tick re-reads
-            self._record(found)
+            self._record(found, head)
             if records:
                 BlockRecord.objects.bulk_create(records, update_conflicts=True, unique_fields=["chain", "number"],
                                                 update_fields=["hash", "parent_hash"])
@@ -385,7 +385,7 @@ class ChainWatcher:
         metrics.gauge("chains_cursor_block", end, chain_id=self.chain.chain_id)
         return len(found)
 
-    def _record(self, found: Iterable[Found]) -> None:
+    def _record(self, found: Iterable[Found], head: int) -> None:
         """Insert new deposits (and revive ones a reorg removed that came back), with `deposit.seen` events."""
         rows: list[Deposit] = []
         for item in found:
@@ -394,7 +394,8 @@ class ChainWatcher:
                                     chain=self.chain, tx_hash=item.tx_hash.lower(), log_index=item.log_index,
                                     block_number=item.block_number, block_hash=item.block_hash,
                                     from_address=item.from_address, to_address=item.to_address,
-                                    asset=self.assets[item.asset_id], amount=item.amount))
+                                    asset=self.assets[item.asset_id], amount=item.amount,
+                                    confirmations=max(0, head - item.block_number + 1)))
         if not rows:
             return
         keys = {(r.tenant_id, r.tx_hash, r.log_index) for r in rows}
@@ -406,7 +407,8 @@ class ChainWatcher:
             old = existing.get((row.tenant_id, row.tx_hash, row.log_index))
             if old is not None and old.status == Deposit.Status.REORGED:
                 old.block_number, old.block_hash = row.block_number, row.block_hash
-                old.status, old.confirmations, old.entry, old.reversal = Deposit.Status.SEEN, 0, None, None
+                old.status, old.entry, old.reversal = Deposit.Status.SEEN, None, None
+                old.confirmations = row.confirmations
                 old.seen_at, old.reorged_at, old.final_at = timezone.now(), None, None
                 old.save()
                 revived.append(old)
