@@ -9,17 +9,19 @@ import pytest
 
 from chains import metrics
 from chains.models import BlockRecord, ChainCursor, Deposit
-from chains.services import deposit_address_ensure
 from chains.selectors import tenant_chain_get
+from chains.services import deposit_address_ensure
 from chains.watcher import ChainWatcher, watcher_run_until_idle
 from tenants.models import Tenant, User
-from tests.fixtures.chains.fixtures import ChainEnv, anvil, chain_env  # noqa: F401 (fixtures)
+from tests.fixtures.chains import fixtures
+from tests.fixtures.chains.fixtures import ChainEnv
 from tests.fixtures.chains.helpers import link_address, new_account
 from wallet.events.models import OutboxEvent
 from wallet.ledger.models import Account, JournalEntry
 from wallet.ledger.verify import ledger_verify
 
 pytestmark = [pytest.mark.anvil, pytest.mark.django_db]
+anvil, chain_env = fixtures.anvil, fixtures.chain_env
 
 
 def balance(user: User, code: str) -> int:
