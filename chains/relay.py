@@ -16,6 +16,7 @@ from django.utils import timezone
 from eth_account import Account
 from eth_account.typed_transactions import TypedTransaction
 from eth_utils import keccak
+from hexbytes import HexBytes
 
 from chains import errors
 from chains.clients import client_for
@@ -46,7 +47,7 @@ def transaction_decode(raw_hex: str) -> DecodedTransaction:
             raise ValueError("empty")
         sender = Account.recover_transaction(raw).lower()
         if raw[0] <= 0x7F:  # EIP-2718 typed transaction
-            fields = TypedTransaction.from_bytes(raw).as_dict()
+            fields = TypedTransaction.from_bytes(HexBytes(raw)).as_dict()
             chain_id, nonce = int(fields["chainId"]), int(fields["nonce"])
         else:  # legacy: [nonce, gasPrice, gas, to, value, data, v, r, s]; EIP-155 v = chainId * 2 + 35/36
             items = rlp.decode(raw)
