@@ -39,9 +39,9 @@ def signed(account: LocalAccount, *, nonce: int = 0, to: str | None = None, valu
            chain_id: int = 31337, data: str = "0x", gas: int = 21_000) -> str:
     from eth_utils import to_checksum_address
 
-    tx = {"to": to_checksum_address(to or "0x000000000000000000000000000000000000dEaD"), "value": value, "gas": gas, "nonce": nonce,
-          "maxFeePerGas": 3 * 10**9 + tip, "maxPriorityFeePerGas": tip, "chainId": chain_id, "type": 2,
-          "data": data}
+    tx = {"to": to_checksum_address(to or "0x000000000000000000000000000000000000dEaD"), "value": value,
+          "gas": gas, "nonce": nonce, "maxFeePerGas": 3 * 10**9 + tip, "maxPriorityFeePerGas": tip,
+          "chainId": chain_id, "type": 2, "data": data}
     return "0x" + account.sign_transaction(tx).raw_transaction.hex()
 
 

@@ -304,7 +304,7 @@ REGISTRY: dict[str, Case | tuple[Case, ...]] = {
     # --- branding ---
 
     # --- chains ---
-
+    **__import__("tests.fixtures.chains.matrix", fromlist=["registry"]).registry(ObjectCase, ReadCase, ActionCase),
     # --- end ---
 }
 
@@ -317,7 +317,7 @@ EXEMPT: dict[str, str] = {
     # --- branding ---
 
     # --- chains ---
-
+    **__import__("tests.fixtures.chains.matrix", fromlist=["EXEMPT"]).EXEMPT,
     # --- end ---
 }
 
