@@ -127,10 +127,12 @@ class ChainWatcher:
     def refresh_watch(self) -> None:
         """Reload the watched addresses and tokens when they changed (one cheap aggregate query otherwise)."""
         tenant_ids = self._tenant_ids()
-        linked = LinkedWallet.all_tenants.filter(tenant_id__in=tenant_ids).aggregate(n=Count("pk"), last=Max("pk"))
+        # Count and newest creation time: an insert or a delete changes one of them (PostgreSQL has no max(uuid)).
+        linked = LinkedWallet.all_tenants.filter(tenant_id__in=tenant_ids).aggregate(n=Count("pk"),
+                                                                                     last=Max("created_at"))
         deposit = (DepositAddress.all_tenants.filter(tenant_id__in=tenant_ids, chain=self.chain)
-                   .aggregate(n=Count("pk"), last=Max("pk")))
-        tokens = Token.objects.filter(chain=self.chain, enabled=True).aggregate(n=Count("pk"), last=Max("pk"))
+                   .aggregate(n=Count("pk"), last=Max("created_at")))
+        tokens = Token.objects.filter(chain=self.chain, enabled=True).aggregate(n=Count("pk"), last=Max("contract"))
         version = (tuple(sorted(map(str, tenant_ids))), linked["n"], linked["last"], deposit["n"], deposit["last"],
                    tokens["n"], tokens["last"])
         if version == self.watch_version:

@@ -60,6 +60,10 @@ class Command(BaseCommand):
                         if amount:
                             ledger.sandbox_fund(tenant=tenant, user=user, asset=Asset.objects.get(code=code),
                                                 amount=amount, memo="Demo starting balance")
+            # The local dev chain (`make run` starts it): registered and offered, with deposit addresses.
+            from chains.devchain import devchain_seed
+
+            devchain_seed(tenant=tenant)
             owner_email, owner_password = DEMO["owner"]
             if not User.objects.filter(tenant=tenant, email__iexact=owner_email).exists():
                 services.staff_create(tenant=tenant, email=owner_email, role=Membership.Role.OWNER,
