@@ -109,6 +109,9 @@ def devchain_start() -> DevChain | None:
                        extra={"path": str(binary)})
         return None
     port = dev_port()
+    deadline = time.monotonic() + 10  # a just-stopped anvil holds its port for a moment
+    while not _port_free(port) and time.monotonic() < deadline:
+        time.sleep(0.2)
     if not _port_free(port):
         logger.warning("no local dev chain: port %s is taken (set CHAINS_DEV_PORT)", port)
         return None

@@ -30,6 +30,7 @@ def embedded_chains_start(out: Any) -> EmbeddedChains:
     """Start anvil (unless CHAINS_DEV_CHAIN=0 or in production) and the watcher (unless
     CHAINS_WATCH_IN_PROCESS=0). Never fatal: the product serves without them, with a warning."""
     running = EmbeddedChains()
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per JSON-RPC request would drown the log
     if not getattr(settings, "PRODUCTION", False) and os.environ.get("CHAINS_DEV_CHAIN", "1") != "0":
         from chains.devchain import devchain_register, devchain_start
 
@@ -43,7 +44,6 @@ def embedded_chains_start(out: Any) -> EmbeddedChains:
     if setting("CHAINS_WATCH_IN_PROCESS"):
         from chains.runner import WatcherThread
 
-        logging.getLogger("httpx").setLevel(logging.WARNING)
         running.watcher = WatcherThread().start()
         out.write("  Chain watcher  in process\n")
     out.flush()
