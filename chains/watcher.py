@@ -425,58 +425,71 @@ class ChainWatcher:
 
     # --- confirmations and crediting -------------------------------------------------------------------
     def advance_confirmations(self, head: int, finalized: int | None) -> int:
-        """Move open deposits along; credit the ones that became final. Returns how many became final."""
+        """Move open deposits along; credit the ones that became final. Returns how many became final.
+
+        One transaction per tenant and batch of deposits (their rows locked in primary-key order), one
+        outbox write per transaction."""
         required = self.chain.confirmations
         finals = 0
         open_deposits = list(Deposit.all_tenants.filter(chain=self.chain, status__in=[Deposit.Status.SEEN,
                                                                                     Deposit.Status.CONFIRMING],
                                                         block_number__lte=head)
-                             .values_list("pk", "block_number", "confirmations"))
-        for deposit_id, block_number, known in open_deposits:
+                             .values_list("pk", "tenant_id", "block_number", "confirmations"))
+        by_tenant: dict[Any, list[Any]] = {}
+        for deposit_id, tenant_id, block_number, known in open_deposits:
             confirmations = head - block_number + 1
             final = confirmations >= required or (finalized is not None and block_number <= finalized)
-            if final:
-                finals += self._finalize(deposit_id, head)
-            elif confirmations != known:
-                self._confirming(deposit_id, confirmations)
+            if final or confirmations != known:
+                by_tenant.setdefault(tenant_id, []).append(deposit_id)
+        for tenant_id, ids in by_tenant.items():
+            for start in range(0, len(ids), 200):
+                finals += self._advance(self._tenant(tenant_id), sorted(ids[start:start + 200]), head, finalized)
         return finals
 
-    def _confirming(self, deposit_id: Any, confirmations: int) -> None:
+    def _advance(self, tenant: Tenant, deposit_ids: list[Any], head: int, finalized: int | None) -> int:
+        """Confirm or finalize-and-credit these deposits of one tenant, exactly once: under their row locks,
+        a deposit already final (or credited, or reorged) is skipped."""
+        required = self.chain.confirmations
+        finals = 0
+        events: list[EventSpec] = []
         with transaction.atomic():
-            deposit = Deposit.all_tenants.select_for_update().select_related("asset").get(pk=deposit_id)
-            if deposit.status not in (Deposit.Status.SEEN, Deposit.Status.CONFIRMING):
-                return
-            deposit.status = Deposit.Status.CONFIRMING
-            deposit.confirmations = confirmations
-            deposit.save(update_fields=["status", "confirmations"])
-            events_emit(tenant=self._tenant(deposit.tenant_id), events=[EventSpec(
-                stream=user_stream(deposit.user_id), type="deposit.confirming",
-                data=deposit_payload(deposit, self.chain))])
-
-    def _finalize(self, deposit_id: Any, head: int) -> int:
-        """Mark final and credit, exactly once: the row lock and the status check make a second call a no-op."""
-        with transaction.atomic():
-            deposit = Deposit.all_tenants.select_for_update().select_related("asset").get(pk=deposit_id)
-            if deposit.status not in (Deposit.Status.SEEN, Deposit.Status.CONFIRMING) or deposit.entry_id:
-                return 0
-            tenant = self._tenant(deposit.tenant_id)
-            external = system_account(tenant=tenant, asset=deposit.asset, kind=Account.Kind.EXTERNAL,
-                                      rail=f"chain:{self.chain.chain_id}")
-            target = user_accounts_ensure(tenant=tenant, pairs=[(deposit.user_id, deposit.asset_id)])
-            target_id = target[(deposit.user_id, deposit.asset_id)]
-            entry = apply_single(tenant, EntryDraft(
-                kind=JournalEntry.Kind.DEPOSIT,
-                legs=[Leg(external.pk, -deposit.amount), Leg(target_id, deposit.amount)],
-                memo=f"Deposit {deposit.tx_hash[:18]} on chain {self.chain.chain_id}"[:200],
-                reference=f"deposit:{deposit.pk}"))
-            deposit.status = Deposit.Status.FINAL
-            deposit.confirmations = max(head - deposit.block_number + 1, deposit.confirmations)
-            deposit.entry = entry
-            deposit.final_at = timezone.now()
-            deposit.save(update_fields=["status", "confirmations", "entry", "final_at"])
-            events_emit(tenant=tenant, events=[EventSpec(stream=user_stream(deposit.user_id), type="deposit.final",
-                                                         data=deposit_payload(deposit, self.chain))])
-        return 1
+            rows = list(Deposit.all_tenants.select_for_update(of=("self",)).select_related("asset")
+                        .filter(tenant_id=tenant.pk, pk__in=deposit_ids).order_by("pk"))
+            rows = [d for d in rows if d.status in (Deposit.Status.SEEN, Deposit.Status.CONFIRMING)
+                    and not d.entry_id]
+            final_rows = [d for d in rows if head - d.block_number + 1 >= required
+                          or (finalized is not None and d.block_number <= finalized)]
+            externals: dict[Any, Any] = {}
+            targets = user_accounts_ensure(tenant=tenant, pairs=sorted({(d.user_id, d.asset_id) for d in final_rows}))
+            now = timezone.now()
+            for deposit in rows:
+                deposit.confirmations = max(head - deposit.block_number + 1, deposit.confirmations)
+                if deposit not in final_rows:
+                    deposit.status = Deposit.Status.CONFIRMING
+                    deposit.save(update_fields=["status", "confirmations"])
+                    events.append(EventSpec(stream=user_stream(deposit.user_id), type="deposit.confirming",
+                                            data=deposit_payload(deposit, self.chain)))
+                    continue
+                external = externals.get(deposit.asset_id)
+                if external is None:
+                    external = externals[deposit.asset_id] = system_account(
+                        tenant=tenant, asset=deposit.asset, kind=Account.Kind.EXTERNAL,
+                        rail=f"chain:{self.chain.chain_id}")
+                target_id = targets[(deposit.user_id, deposit.asset_id)]
+                deposit.entry = apply_single(tenant, EntryDraft(
+                    kind=JournalEntry.Kind.DEPOSIT,
+                    legs=[Leg(external.pk, -deposit.amount), Leg(target_id, deposit.amount)],
+                    memo=f"Deposit {deposit.tx_hash[:18]} on chain {self.chain.chain_id}"[:200],
+                    reference=f"deposit:{deposit.pk}"))
+                deposit.status = Deposit.Status.FINAL
+                deposit.final_at = now
+                deposit.save(update_fields=["status", "confirmations", "entry", "final_at"])
+                events.append(EventSpec(stream=user_stream(deposit.user_id), type="deposit.final",
+                                        data=deposit_payload(deposit, self.chain)))
+                finals += 1
+            if events:
+                events_emit(tenant=tenant, events=events)
+        return finals
 
 
 def watcher_run_until_idle(chain: Chain, *, max_ticks: int = 1000, watcher: ChainWatcher | None = None) -> TickResult:
