@@ -1,6 +1,7 @@
 # Wallet BFF: everyday commands. GNU make; works from a fresh clone as root on Debian 12.
 #
-#   make run         migrate, seed demo data and serve HTTP + websockets on 127.0.0.1:$PORT (8000), SQLite
+#   make run         migrate, seed demo data and serve HTTP + websockets on 127.0.0.1:$PORT (8000), SQLite,
+#                    with a local dev chain (anvil on 127.0.0.1:$CHAINS_DEV_PORT, 8545) and the watcher in process
 #   make test        pytest against PostgreSQL, Redis and anvil started for the run (.ci/with-services)
 #   make test-quick  pytest on SQLite, no services (tests that need them skip themselves)
 #   make lint        ruff check
@@ -34,6 +35,7 @@ $(VENV)/.installed: requirements.lock
 	@touch $@
 
 run: venv
+	@.ci/services install-anvil >/dev/null || echo "make: anvil could not be installed; serving without the local dev chain" >&2
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py seed_demo
 	exec $(PY) manage.py serve --host 127.0.0.1 --port $${PORT:-8000}

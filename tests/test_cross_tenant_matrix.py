@@ -316,7 +316,7 @@ REGISTRY: dict[str, Case | tuple[Case, ...]] = {
     "branding-runtime": ReadCase(status=404),
 
     # --- chains ---
-
+    **__import__("tests.fixtures.chains.matrix", fromlist=["registry"]).registry(ObjectCase, ReadCase, ActionCase),
     # --- end ---
 }
 
@@ -332,7 +332,7 @@ EXEMPT: dict[str, str] = {
                                "tests/test_branding_api.py::test_tenant_b_build_token_cannot_fetch_tenant_a_bundle",
 
     # --- chains ---
-
+    **__import__("tests.fixtures.chains.matrix", fromlist=["EXEMPT"]).EXEMPT,
     # --- end ---
 }
 

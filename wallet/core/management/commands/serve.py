@@ -45,9 +45,14 @@ class Command(BaseCommand):
         if settings.CELERY_TASK_ALWAYS_EAGER:
             scheduler = InProcessScheduler()
             scheduler.start()
+        # The local dev chain (anvil) and the chain watcher, in process (chains/devchain.py, chains/runner.py).
+        from chains.embedded import embedded_chains_start
+
+        chains = embedded_chains_start(self.stdout)
         try:
             uvicorn.run("wallet.asgi:application", host=host, port=port, lifespan="off",
                         log_level="warning", access_log=False, ws="websockets-sansio")
         finally:
+            chains.stop()
             if scheduler is not None:
                 scheduler.stop()

@@ -73,6 +73,10 @@ class Command(BaseCommand):
             alice = User.objects.get(tenant=tenant, email__iexact=DEMO["app_user"][0])
             if not LinkedBankAccount.all_tenants.filter(tenant=tenant, user=alice).exists():
                 balances.bank_account_link(tenant=tenant, user=alice, account_ref=DEMO_BANK_ACCOUNT)
+            # The local dev chain (`make run` starts it): registered and offered, with deposit addresses.
+            from chains.devchain import devchain_seed
+
+            devchain_seed(tenant=tenant)
             owner_email, owner_password = DEMO["owner"]
             if not User.objects.filter(tenant=tenant, email__iexact=owner_email).exists():
                 services.staff_create(tenant=tenant, email=owner_email, role=Membership.Role.OWNER,

@@ -1,0 +1,123 @@
+"""Chains API: enabled chains, deposit addresses from the tenant's xpub, deposits, on-chain balances (batched
+JSON-RPC and Multicall3), and the registry's admin."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from bip32 import BIP32
+
+from chains.derivation import derive_address, pubkey_to_address
+from chains.models import AddressBalance, DepositAddress
+from chains.services import chain_register, tenant_chain_enable
+from chains.watcher import watcher_run_until_idle
+from tenants.models import Tenant, User
+from tests.conftest import AppClient
+from tests.factories import UserFactory
+from tests.fixtures.chains import fixtures
+from tests.fixtures.chains.fixtures import SEED, XPUB, ChainEnv
+from tests.fixtures.chains.helpers import link_address, new_account
+
+pytestmark = pytest.mark.django_db
+anvil, chain_env = fixtures.anvil, fixtures.chain_env
+
+
+def test_public_derivation_matches_the_private_keys_addresses() -> None:
+    root = BIP32.from_seed(SEED)
+    for index in (0, 1, 7):
+        from_private = pubkey_to_address(root.get_pubkey_from_path(f"m/44'/60'/0'/0/{index}"))
+        assert derive_address(XPUB, index) == from_private
+    assert derive_address(XPUB, 0) != derive_address(XPUB, 1)
+
+
+def test_deposit_address_is_one_per_user_per_chain(client_a: AppClient, user_a: User, tenant_a: Tenant) -> None:
+    chain = chain_register(chain_id=31337, name="dev", rpc_urls=["http://127.0.0.1:9"], confirmations=2)
+    tenant_chain_enable(tenant=tenant_a, chain=chain, deposit_xpub=XPUB)
+    client_a.login_as(user_a)
+    first = client_a.post("/api/v1/chains/31337/deposit-address", HTTP_IDEMPOTENCY_KEY=uuid.uuid4().hex)
+    again = client_a.post("/api/v1/chains/31337/deposit-address", HTTP_IDEMPOTENCY_KEY=uuid.uuid4().hex)
+    assert first.status_code == 200 and again.json() == first.json()
+    assert first.json()["address"] == derive_address(XPUB, 0)
+    other = UserFactory(tenant=tenant_a, email="erin@example.com")
+    client_a.login_as(other)
+    theirs = client_a.post("/api/v1/chains/31337/deposit-address", HTTP_IDEMPOTENCY_KEY=uuid.uuid4().hex).json()
+    assert theirs["address"] == derive_address(XPUB, 1)
+    assert DepositAddress.all_tenants.count() == 2
+    assert [a["address"] for a in client_a.get("/api/v1/deposit-addresses").json()["results"]] == [theirs["address"]]
+
+
+def test_no_xpub_no_deposit_addresses(client_a: AppClient, user_a: User, tenant_a: Tenant) -> None:
+    chain = chain_register(chain_id=31337, name="dev", rpc_urls=["http://127.0.0.1:9"], confirmations=2)
+    tenant_chain_enable(tenant=tenant_a, chain=chain)
+    client_a.login_as(user_a)
+    response = client_a.post("/api/v1/chains/31337/deposit-address", HTTP_IDEMPOTENCY_KEY=uuid.uuid4().hex)
+    assert response.status_code == 409 and response.json()["code"] == "deposit_addresses_disabled"
+
+
+def test_an_xpriv_is_refused_as_deposit_key(tenant_a: Tenant) -> None:
+    chain = chain_register(chain_id=31337, name="dev", rpc_urls=["http://127.0.0.1:9"], confirmations=2)
+    with pytest.raises(Exception) as refused:
+        tenant_chain_enable(tenant=tenant_a, chain=chain, deposit_xpub=BIP32.from_seed(SEED).get_xpriv())
+    assert getattr(refused.value, "code", "") == "invalid_xpub"
+
+
+@pytest.mark.anvil
+def test_chains_deposits_and_balances(chain_env: ChainEnv, client_a: AppClient, user_a: User,
+                                      tenant_a: Tenant) -> None:
+    node = chain_env.anvil
+    client_a.login_as(user_a)
+    chains = client_a.get("/api/v1/chains").json()["results"]
+    assert chains == [{"chain_id": 31337, "name": "anvil", "confirmations": 3, "native_asset": "ETH:31337",
+                       "deposit_addresses": True, "tokens": [{"contract": chain_env.token.contract,
+                                                              "symbol": "TUSD", "decimals": 6,
+                                                              "asset": "TUSD:31337"}]}]
+
+    account = new_account()
+    wallet = link_address(tenant_a, user_a, account, 31337)
+    node.send(chain_env.funder, wallet.address, 5 * 10**17)
+    chain_env.mint(wallet.address, 1_234_567)
+    node.mine(3)
+    watcher_run_until_idle(chain_env.chain)
+    deposits = client_a.get("/api/v1/deposits").json()["results"]
+    assert {(d["asset"], d["amount"], d["status"]) for d in deposits} == {("ETH:31337", str(5 * 10**17), "final"),
+                                                                          ("TUSD:31337", "1234567", "final")}
+    detail = client_a.get(f"/api/v1/deposits/{deposits[0]['id']}").json()
+    assert detail["entry_id"] and detail["decimals"] in (6, 18)
+
+    balances = client_a.get(f"/api/v1/wallets/{wallet.pk}/balances").json()
+    by_asset = {b["asset"]: b for b in balances["results"]}
+    assert by_asset["ETH:31337"]["amount"] == str(5 * 10**17)
+    assert by_asset["TUSD:31337"]["amount"] == "1234567" and by_asset["TUSD:31337"]["decimals"] == 6
+    assert by_asset["ETH:31337"]["block_number"] == node.block_number()
+
+    # Cached with the block it was read at; Multicall3 (where deployed) gives the same answer in one call.
+    chain_env.mint(wallet.address, 1)
+    cached = client_a.get(f"/api/v1/wallets/{wallet.pk}/balances").json()
+    assert {b["asset"]: b["amount"] for b in cached["results"]}["TUSD:31337"] == "1234567"
+    AddressBalance.objects.all().delete()
+    chain_env.chain.multicall3_address = node.deploy("Multicall3Lite")
+    chain_env.chain.save()
+    fresh = client_a.get(f"/api/v1/wallets/{wallet.pk}/balances").json()
+    assert {b["asset"]: b["amount"] for b in fresh["results"]} == {"ETH:31337": str(5 * 10**17),
+                                                                   "TUSD:31337": "1234568"}
+
+
+def test_registry_admin_is_for_superusers_and_tenant_rows_are_scoped(client: object, superuser: User,
+                                                                     owner_a: User, tenant_a: Tenant,
+                                                                     tenant_b: Tenant) -> None:
+    from django.test import Client
+
+    chain = chain_register(chain_id=31337, name="dev", rpc_urls=["http://127.0.0.1:9"], confirmations=2)
+    tenant_chain_enable(tenant=tenant_a, chain=chain)
+    tenant_chain_enable(tenant=tenant_b, chain=chain)
+    browser = Client()
+    browser.force_login(superuser)
+    assert browser.get(f"/admin/chains/chain/{chain.pk}/change/").status_code == 200
+    owner = Client()
+    owner.force_login(owner_a)
+    assert owner.get("/admin/chains/chain/").status_code == 200
+    page = owner.get(f"/admin/chains/chain/{chain.pk}/change/")
+    assert page.status_code == 200 and b'name="name"' not in page.content  # read-only for tenant staff
+    listing = owner.get("/admin/chains/tenantchain/")
+    assert listing.status_code == 200 and listing.context["cl"].result_count == 1
