@@ -97,7 +97,7 @@ LATENCY_USERS = int(os.environ.get("BENCH_STREAM_LATENCY_USERS", "1000"))
 EVENTS_PER_USER = float(os.environ.get("BENCH_STREAM_EVENTS_PER_USER", "1"))
 LAYER_SOCKETS = int(os.environ.get("BENCH_STREAM_LAYER_SOCKETS", "1000"))
 VARIANTS = [v for v in os.environ.get("BENCH_STREAM_VARIANTS", "core,wsproto").split(",") if v.strip()]
-COMPRESSION = os.environ.get("BENCH_STREAM_COMPRESSION", "0") == "1"
+COMPRESSION = os.environ.get("BENCH_STREAM_COMPRESSION", "1") == "1"
 CONNECT_CONCURRENCY = int(os.environ.get("BENCH_STREAM_CONNECT_CONCURRENCY", "32"))
 PYSPY_DIR = os.environ.get("BENCH_PYSPY_DIR", "")
 
@@ -108,7 +108,7 @@ BURST_TIMEOUT_SECONDS = 60
 TAIL_WAIT_SECONDS = 60
 TAIL_STALL_SECONDS = 10
 STALL_MS = 250
-PYSPY = Path(sys.executable).parent / "py-spy"
+PYSPY = Path(os.environ.get("BENCH_PYSPY", str(Path(sys.executable).parent / "py-spy")))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -536,7 +536,11 @@ class Phase:
         env = dict(os.environ, DJANGO_SETTINGS_MODULE=self.settings)
         servers = Servers(self.log_dir, env)
         port = free_port()
-        uvicorn_args = ["wallet.asgi:application", "--host", "127.0.0.1", "--port", str(port), "--ws", self.ws,
+        from wallet.events.conf import STREAM_UVICORN_FLAGS
+
+        flags = list(STREAM_UVICORN_FLAGS)
+        flags[flags.index("--ws") + 1] = self.ws
+        uvicorn_args = ["wallet.asgi:application", "--host", "127.0.0.1", "--port", str(port), *flags,
                         "--lifespan", "off", "--log-level", "warning", "--no-access-log", "--backlog", "4096"]
         self.gc_file = self.log_dir / f"gc-{self.name}.json"
         argv = [sys.executable, "-m", "bench.stream_server", str(self.gc_file), *uvicorn_args]

@@ -23,6 +23,12 @@ from wallet.ledger import services
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
 
+@pytest.fixture(autouse=True)
+def _no_gc_tuning(settings):
+    """The hub tunes the garbage collector of a stream process (`GcPolicy`); not of the test process."""
+    settings.STREAM_GC_TUNE = False
+
+
 
 @pytest.fixture(autouse=True)
 def _relay_by_hand(settings):
@@ -227,7 +233,7 @@ async def test_token_expiry_closes_unless_a_fresh_token_arrives(money: dict, set
         assert (await kept.receive_json_from(timeout=3))["type"] == "pong"
         await kept.disconnect()
     finally:
-        hub.tick_seconds = 5.0
+        hub.tick_seconds = None
 
 
 async def test_browser_origins_are_checked_against_the_tenant(money: dict) -> None:
@@ -299,4 +305,4 @@ async def test_a_client_that_answers_pings_stays_and_a_silent_one_is_closed(mone
         assert outputs[-1]["code"] == consumers.CLOSE_IDLE
         await polite.disconnect()
     finally:
-        hub.tick_seconds = 5.0
+        hub.tick_seconds = None

@@ -23,6 +23,12 @@ from wallet.ledger import services
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "STREAM.md"
 
+@pytest.fixture(autouse=True)
+def _no_gc_tuning(settings):
+    """The hub tunes the garbage collector of a stream process (`GcPolicy`); not of the test process."""
+    settings.STREAM_GC_TUNE = False
+
+
 
 def schemas() -> dict[str, dict]:
     blocks = re.findall(r"```json schema:(\w+)\n(.*?)```", DOC.read_text(), flags=re.S)
