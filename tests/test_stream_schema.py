@@ -97,3 +97,12 @@ async def test_real_messages_match_their_schemas(tenant_a: Tenant, user_a: User,
     await database_sync_to_async(relay_once)()
     await communicator.disconnect()
     await fresh.disconnect()
+
+
+def test_the_event_schema_names_the_prefix_of_every_topic() -> None:
+    pattern = schemas()["event"]["properties"]["type"]["pattern"]
+    documented = set(re.match(r"\^\(([a-z_|]+)\)", pattern).group(1).split("|"))
+    assert documented == {prefix.rstrip(".") for _, prefixes in TOPICS.values() for prefix in prefixes}
+    assert "tx" in documented
+    validator("event").validate({"id": "x", "stream": "user", "seq": 3, "type": "tx.included",
+                                 "ts": "2026-11-22T18:00:00Z", "data": {}})

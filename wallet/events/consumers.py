@@ -24,6 +24,7 @@ import asyncio
 import collections
 import contextlib
 import json
+import random
 import time
 from collections.abc import Awaitable, Callable, Generator
 from datetime import UTC, datetime
@@ -498,7 +499,10 @@ class StreamConsumer:
         if silent > conf.heartbeat and now - self.last_ping > conf.heartbeat:
             self.last_ping = now
             self._send_now({"type": "ping", "ts": _now_iso()})
-        again = min(self.last_received + conf.idle_timeout, max(self.last_received, self.last_ping) + conf.heartbeat)
+        # The next look: when the next ping is due, a random 0-10% later, so that sockets that connected (or
+        # were pinged) together drift apart instead of being pinged together for ever.
+        again = min(self.last_received + conf.idle_timeout,
+                    max(self.last_received, self.last_ping) + conf.heartbeat * (1 + 0.1 * random.random()))
         if left is not None:
             again = min(again, now + left + 0.001)
         return again
