@@ -5,11 +5,13 @@ PostgreSQL and Redis on loopback and passes DATABASE_URL and REDIS_URL. Everythi
 
 What runs (production settings, `bench.settings` as in bench/api.py, DEBUG=0, CONN_MAX_AGE=600):
 
-- ONE stream process: `uvicorn wallet.asgi:application --ws websockets-sansio --lifespan off --log-level warning
-  --no-access-log` (docs/STREAM.md), its RSS read from /proc/<pid>/status;
+- ONE stream process: `uvicorn wallet.asgi:application --ws websockets-sansio --ws-per-message-deflate false
+  --ws-ping-interval 0 --lifespan off --log-level warning --no-access-log --backlog 4096` (the production flags
+  of docs/STREAM.md, `wallet.events.conf.STREAM_UVICORN_FLAGS`), its RSS read from /proc/<pid>/status;
 - one `manage.py relay_outbox` process (LISTEN/NOTIFY, pipelined publishes on the pub/sub layer);
 - CLIENT processes (bench/stream_client.py, multiprocessing spawn), each an asyncio (uvloop) loop holding its
-  share of the sockets: `X-App-Key` and `Authorization: Bearer` headers, subscribe to balances, transactions
+  share of the sockets, offering permessage-deflate as browsers do (the server declines it): `X-App-Key` and
+  `Authorization: Bearer` headers, subscribe to balances, transactions
   and branding, check that each stream's seqs are contiguous from the announced position;
 - this process: the setup (tenant, users and sessions in bulk, tokens from `issue_access_token`, funds), the
   latency driver (`transfers_execute` batches) and the tenant-wide bursts (`events_emit` of
@@ -53,12 +55,14 @@ that size, the p99 at 1k, and the gaps of the main phase.
 Tunables (environment): BENCH_STREAM_SIZES (1000,5000,10000), BENCH_STREAM_CLIENTS (4 client processes),
 BENCH_STREAM_BURST_DELIVERIES (50000 per burst), BENCH_STREAM_BURSTS (3), BENCH_STREAM_LATENCY_SECONDS (30),
 BENCH_STREAM_LATENCY_USERS (1000), BENCH_STREAM_LAYER_SOCKETS (1000), BENCH_STREAM_VARIANTS (core,wsproto;
-empty: main phase only), BENCH_STREAM_COMPRESSION (0: clients offer no permessage-deflate; 1: they do, as
-browsers), BENCH_STREAM_CONNECT_CONCURRENCY (32 handshakes in flight per client process), BENCH_PYSPY_DIR
+empty: main phase only), BENCH_STREAM_COMPRESSION (1: clients offer permessage-deflate, as browsers do; 0:
+they do not), BENCH_STREAM_CONNECT_CONCURRENCY (32 handshakes in flight per client process), BENCH_PYSPY_DIR
 (unset; if set, py-spy raw profiles of the stream process during the connects, bursts and latency run at
-the largest size of each phase). Diagnosis only: BENCH_STREAM_GC_FREEZE=1 (the server calls gc.freeze() after
-loading the app), BENCH_STREAM_GC_THRESHOLD=a,b,c (the server calls gc.set_threshold(a, b, c)),
-BENCH_STREAM_TRACEMALLOC=1 (per-socket allocations by source line; slows everything down).
+the largest size of each phase; BENCH_PYSPY: the py-spy binary, default beside the venv's python). The stream
+process tunes its own garbage collector (`wallet.events.hub.GcPolicy`). Diagnosis only:
+BENCH_STREAM_GC_FREEZE=1 (the server calls gc.freeze() after loading the app), BENCH_STREAM_GC_THRESHOLD=a,b,c
+(the server calls gc.set_threshold(a, b, c)), BENCH_STREAM_TRACEMALLOC=1 (per-socket allocations by source
+line; slows everything down).
 """
 
 from __future__ import annotations
