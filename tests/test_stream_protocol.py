@@ -306,3 +306,26 @@ async def test_a_client_that_answers_pings_stays_and_a_silent_one_is_closed(mone
         await polite.disconnect()
     finally:
         hub.tick_seconds = None
+
+
+async def test_a_closed_socket_is_freed_without_the_garbage_collector(money: dict) -> None:
+    """The GC policy freezes settled sockets: that only frees memory if a closed socket holds no reference
+    cycle (reference counting alone frees it)."""
+    import asyncio
+    import gc
+
+    gc.collect()
+    gc.disable()
+    try:
+        communicator = await _open(money["bob"])
+        await _subscribe(communicator, ["balances", "transactions", "branding"])
+        await communicator.receive_json_from(timeout=5)  # snapshot
+        await communicator.send_json_to({"type": "ping"})
+        await communicator.receive_json_from(timeout=5)
+        await communicator.disconnect()
+        await asyncio.sleep(0.05)
+        hub.wheel.clear()  # the timing wheel lets go of a closed socket at its next due tick
+        del communicator
+        assert [o for o in gc.get_objects() if isinstance(o, consumers.StreamConsumer)] == []
+    finally:
+        gc.enable()
