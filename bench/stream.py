@@ -578,6 +578,12 @@ class Phase:
                 connected = size
                 if not outcome.held:
                     break
+            thaw = self.ask_server("thaw", timeout=120)
+            if "ms" in thaw:
+                say(f"[{self.name}] one full collection with {connected} sockets (gc.unfreeze, gc.collect, gc.freeze: "
+                    f"what GcPolicy does after STREAM_GC_THAW_CLOSED closed sockets; after the measurements): "
+                    f"{thaw['ms']:.0f} ms, {thaw['collected']} objects freed, {thaw['frozen']} frozen; "
+                    f"load {loadavg()}")
             self.check_tail()
         finally:
             if self.tap is not None:
@@ -588,6 +594,10 @@ class Phase:
             except Exception as exc:
                 say(f"[{self.name}] could not close the sockets: {exc}")
             try:
+                self.after_close(server.process.pid)
+            except Exception as exc:  # diagnosis only
+                say(f"[{self.name}] no memory figure after the close: {exc}")
+            try:
                 for item in servers.running:
                     errors = [line for line in item.log.read_text(errors="replace").splitlines()
                               if "Traceback" in line or '"levelname": "ERROR"' in line]
@@ -597,6 +607,18 @@ class Phase:
             finally:
                 servers.close()
         return self.result
+
+    def after_close(self, pid: int) -> None:
+        """What closed sockets leave behind: RSS once they are closed, and again after one full collection
+        (sockets frozen by GcPolicy are freed by reference counting; cycles of the server's own objects wait
+        for a full collection)."""
+        time.sleep(3.0)
+        closed_kb = rss_kb(pid)
+        thaw = self.ask_server("thaw", timeout=120)
+        time.sleep(0.5)
+        say(f"[{self.name}] server RSS after closing every socket {closed_kb / 1024:.1f} MB (with 0 sockets at the "
+            f"start {self.result.baseline_kb / 1024:.1f} MB); after one full collection ({thaw.get('ms', 0):.0f} ms, "
+            f"{thaw.get('collected', '?')} objects freed) {rss_kb(pid) / 1024:.1f} MB")
 
     def warm_up(self, url: str) -> None:
         """One socket, one burst through it: imports, database connections, layer connections."""

@@ -68,6 +68,14 @@ def _answer(request: Path) -> None:
     out = request.with_suffix(".answer")
     if kind == "census":
         answer = _census()
+    elif kind == "thaw":
+        # What the stream's GcPolicy does after STREAM_GC_THAW_CLOSED closed sockets: its pause, timed.
+        started = time.perf_counter()
+        gc.unfreeze()
+        collected = gc.collect()
+        gc.freeze()
+        answer = {"ms": 1000 * (time.perf_counter() - started), "collected": collected,
+                  "frozen": gc.get_freeze_count()}
     elif kind.startswith("snapshot ") and tracemalloc.is_tracing():
         tracemalloc.take_snapshot().dump(kind.split(" ", 1)[1])
         answer = {"dumped": kind.split(" ", 1)[1]}
