@@ -76,7 +76,7 @@ class StreamSettings:
       `wallet.events.hub.GcPolicy`); `STREAM_GC_THRESHOLD` ((50000, 20, 100)): `gc.set_threshold` then;
       `STREAM_GC_FREEZE_SECONDS` (30): how often sockets that have settled are moved out of the collector's
       sight (`gc.freeze()`); `STREAM_GC_THAW_CLOSED` (5000): after this many closed sockets since the last
-      full collection, one full collection reclaims what they left in cycles.
+      full collection, one full collection (unfrozen) reclaims cyclic garbage kept by the freezes (0: never).
     """
 
     __slots__ = (
