@@ -5,11 +5,13 @@ PostgreSQL and Redis on loopback and passes DATABASE_URL and REDIS_URL. Everythi
 
 What runs (production settings, `bench.settings` as in bench/api.py, DEBUG=0, CONN_MAX_AGE=600):
 
-- ONE stream process: `uvicorn wallet.asgi:application --ws websockets-sansio --lifespan off --log-level warning
-  --no-access-log` (docs/STREAM.md), its RSS read from /proc/<pid>/status;
+- ONE stream process: `uvicorn wallet.asgi:application --ws websockets-sansio --ws-per-message-deflate false
+  --ws-ping-interval 0 --lifespan off --log-level warning --no-access-log --backlog 4096` (the production flags
+  of docs/STREAM.md, `wallet.events.conf.STREAM_UVICORN_FLAGS`), its RSS read from /proc/<pid>/status;
 - one `manage.py relay_outbox` process (LISTEN/NOTIFY, pipelined publishes on the pub/sub layer);
 - CLIENT processes (bench/stream_client.py, multiprocessing spawn), each an asyncio (uvloop) loop holding its
-  share of the sockets: `X-App-Key` and `Authorization: Bearer` headers, subscribe to balances, transactions
+  share of the sockets, offering permessage-deflate as browsers do (the server declines it): `X-App-Key` and
+  `Authorization: Bearer` headers, subscribe to balances, transactions
   and branding, check that each stream's seqs are contiguous from the announced position;
 - this process: the setup (tenant, users and sessions in bulk, tokens from `issue_access_token`, funds), the
   latency driver (`transfers_execute` batches) and the tenant-wide bursts (`events_emit` of
@@ -53,12 +55,14 @@ that size, the p99 at 1k, and the gaps of the main phase.
 Tunables (environment): BENCH_STREAM_SIZES (1000,5000,10000), BENCH_STREAM_CLIENTS (4 client processes),
 BENCH_STREAM_BURST_DELIVERIES (50000 per burst), BENCH_STREAM_BURSTS (3), BENCH_STREAM_LATENCY_SECONDS (30),
 BENCH_STREAM_LATENCY_USERS (1000), BENCH_STREAM_LAYER_SOCKETS (1000), BENCH_STREAM_VARIANTS (core,wsproto;
-empty: main phase only), BENCH_STREAM_COMPRESSION (0: clients offer no permessage-deflate; 1: they do, as
-browsers), BENCH_STREAM_CONNECT_CONCURRENCY (32 handshakes in flight per client process), BENCH_PYSPY_DIR
+empty: main phase only), BENCH_STREAM_COMPRESSION (1: clients offer permessage-deflate, as browsers do; 0:
+they do not), BENCH_STREAM_CONNECT_CONCURRENCY (32 handshakes in flight per client process), BENCH_PYSPY_DIR
 (unset; if set, py-spy raw profiles of the stream process during the connects, bursts and latency run at
-the largest size of each phase). Diagnosis only: BENCH_STREAM_GC_FREEZE=1 (the server calls gc.freeze() after
-loading the app), BENCH_STREAM_GC_THRESHOLD=a,b,c (the server calls gc.set_threshold(a, b, c)),
-BENCH_STREAM_TRACEMALLOC=1 (per-socket allocations by source line; slows everything down).
+the largest size of each phase; BENCH_PYSPY: the py-spy binary, default beside the venv's python). The stream
+process tunes its own garbage collector (`wallet.events.hub.GcPolicy`). Diagnosis only:
+BENCH_STREAM_GC_FREEZE=1 (the server calls gc.freeze() after loading the app), BENCH_STREAM_GC_THRESHOLD=a,b,c
+(the server calls gc.set_threshold(a, b, c)), BENCH_STREAM_TRACEMALLOC=1 (per-socket allocations by source
+line; slows everything down).
 """
 
 from __future__ import annotations
@@ -97,7 +101,7 @@ LATENCY_USERS = int(os.environ.get("BENCH_STREAM_LATENCY_USERS", "1000"))
 EVENTS_PER_USER = float(os.environ.get("BENCH_STREAM_EVENTS_PER_USER", "1"))
 LAYER_SOCKETS = int(os.environ.get("BENCH_STREAM_LAYER_SOCKETS", "1000"))
 VARIANTS = [v for v in os.environ.get("BENCH_STREAM_VARIANTS", "core,wsproto").split(",") if v.strip()]
-COMPRESSION = os.environ.get("BENCH_STREAM_COMPRESSION", "0") == "1"
+COMPRESSION = os.environ.get("BENCH_STREAM_COMPRESSION", "1") == "1"
 CONNECT_CONCURRENCY = int(os.environ.get("BENCH_STREAM_CONNECT_CONCURRENCY", "32"))
 PYSPY_DIR = os.environ.get("BENCH_PYSPY_DIR", "")
 
@@ -108,7 +112,7 @@ BURST_TIMEOUT_SECONDS = 60
 TAIL_WAIT_SECONDS = 60
 TAIL_STALL_SECONDS = 10
 STALL_MS = 250
-PYSPY = Path(sys.executable).parent / "py-spy"
+PYSPY = Path(os.environ.get("BENCH_PYSPY", str(Path(sys.executable).parent / "py-spy")))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -536,7 +540,11 @@ class Phase:
         env = dict(os.environ, DJANGO_SETTINGS_MODULE=self.settings)
         servers = Servers(self.log_dir, env)
         port = free_port()
-        uvicorn_args = ["wallet.asgi:application", "--host", "127.0.0.1", "--port", str(port), "--ws", self.ws,
+        from wallet.events.conf import STREAM_UVICORN_FLAGS
+
+        flags = list(STREAM_UVICORN_FLAGS)
+        flags[flags.index("--ws") + 1] = self.ws
+        uvicorn_args = ["wallet.asgi:application", "--host", "127.0.0.1", "--port", str(port), *flags,
                         "--lifespan", "off", "--log-level", "warning", "--no-access-log", "--backlog", "4096"]
         self.gc_file = self.log_dir / f"gc-{self.name}.json"
         argv = [sys.executable, "-m", "bench.stream_server", str(self.gc_file), *uvicorn_args]
@@ -570,6 +578,12 @@ class Phase:
                 connected = size
                 if not outcome.held:
                     break
+            thaw = self.ask_server("thaw", timeout=120)
+            if "ms" in thaw:
+                say(f"[{self.name}] one full collection with {connected} sockets (gc.unfreeze, gc.collect, gc.freeze: "
+                    f"what GcPolicy does after STREAM_GC_THAW_CLOSED closed sockets; after the measurements): "
+                    f"{thaw['ms']:.0f} ms, {thaw['collected']} objects freed, {thaw['frozen']} frozen; "
+                    f"load {loadavg()}")
             self.check_tail()
         finally:
             if self.tap is not None:
@@ -580,6 +594,10 @@ class Phase:
             except Exception as exc:
                 say(f"[{self.name}] could not close the sockets: {exc}")
             try:
+                self.after_close(server.process.pid)
+            except Exception as exc:  # diagnosis only
+                say(f"[{self.name}] no memory figure after the close: {exc}")
+            try:
                 for item in servers.running:
                     errors = [line for line in item.log.read_text(errors="replace").splitlines()
                               if "Traceback" in line or '"levelname": "ERROR"' in line]
@@ -589,6 +607,18 @@ class Phase:
             finally:
                 servers.close()
         return self.result
+
+    def after_close(self, pid: int) -> None:
+        """What closed sockets leave behind: RSS once they are closed, and again after one full collection
+        (sockets frozen by GcPolicy are freed by reference counting; cycles of the server's own objects wait
+        for a full collection)."""
+        time.sleep(3.0)
+        closed_kb = rss_kb(pid)
+        thaw = self.ask_server("thaw", timeout=120)
+        time.sleep(0.5)
+        say(f"[{self.name}] server RSS after closing every socket {closed_kb / 1024:.1f} MB (with 0 sockets at the "
+            f"start {self.result.baseline_kb / 1024:.1f} MB); after one full collection ({thaw.get('ms', 0):.0f} ms, "
+            f"{thaw.get('collected', '?')} objects freed) {rss_kb(pid) / 1024:.1f} MB")
 
     def warm_up(self, url: str) -> None:
         """One socket, one burst through it: imports, database connections, layer connections."""

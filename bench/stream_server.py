@@ -49,10 +49,16 @@ def _on_gc(phase: str, info: dict) -> None:
 
 
 def _census() -> dict:
-    """Objects tracked by the collector, per generation and frozen, and the 12 most common types."""
+    """Objects tracked by the collector, per generation and frozen, and the 12 most common types (frozen ones
+    included: the stream process freezes settled sockets, so the count is per socket whatever their state)."""
+    frozen = gc.get_freeze_count()
+    if frozen:
+        gc.unfreeze()  # into the oldest generation, to be counted; frozen again below
     counts = {str(generation): len(gc.get_objects(generation)) for generation in range(3)}
     types = Counter(type(o).__name__ for o in gc.get_objects())
-    return {"tracked": counts, "frozen": gc.get_freeze_count(), "types": types.most_common(12)}
+    if frozen:
+        gc.freeze()
+    return {"tracked": counts, "frozen": frozen, "types": types.most_common(12)}
 
 
 def _answer(request: Path) -> None:
@@ -62,6 +68,14 @@ def _answer(request: Path) -> None:
     out = request.with_suffix(".answer")
     if kind == "census":
         answer = _census()
+    elif kind == "thaw":
+        # What the stream's GcPolicy does after STREAM_GC_THAW_CLOSED closed sockets: its pause, timed.
+        started = time.perf_counter()
+        gc.unfreeze()
+        collected = gc.collect()
+        gc.freeze()
+        answer = {"ms": 1000 * (time.perf_counter() - started), "collected": collected,
+                  "frozen": gc.get_freeze_count()}
     elif kind.startswith("snapshot ") and tracemalloc.is_tracing():
         tracemalloc.take_snapshot().dump(kind.split(" ", 1)[1])
         answer = {"dumped": kind.split(" ", 1)[1]}

@@ -13,6 +13,12 @@ from wallet.events import consumers
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
+@pytest.fixture(autouse=True)
+def _no_gc_tuning(settings):
+    """The hub tunes the garbage collector of a stream process (`GcPolicy`); not of the test process."""
+    settings.STREAM_GC_TUNE = False
+
+
 
 def _communicator(path: str = "/ws/v1/stream", headers: list[tuple[bytes, bytes]] | None = None):
     return WebsocketCommunicator(application, path, headers=headers or [])

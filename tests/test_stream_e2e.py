@@ -62,7 +62,9 @@ CLOSE_FORBIDDEN = 4403
 
 
 def _uvicorn(extra: list[str]) -> list[str]:
-    return [PYTHON, "-m", "uvicorn", "wallet.asgi:application", *extra, "--ws", "websockets-sansio",
+    from wallet.events.conf import STREAM_UVICORN_FLAGS
+
+    return [PYTHON, "-m", "uvicorn", "wallet.asgi:application", *extra, *STREAM_UVICORN_FLAGS,
             "--lifespan", "off", "--log-level", "warning", "--no-access-log"]
 
 

@@ -23,6 +23,12 @@ from wallet.ledger import services
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
 
+@pytest.fixture(autouse=True)
+def _no_gc_tuning(settings):
+    """The hub tunes the garbage collector of a stream process (`GcPolicy`); not of the test process."""
+    settings.STREAM_GC_TUNE = False
+
+
 
 @pytest.fixture(autouse=True)
 def _relay_by_hand(settings):
@@ -227,7 +233,7 @@ async def test_token_expiry_closes_unless_a_fresh_token_arrives(money: dict, set
         assert (await kept.receive_json_from(timeout=3))["type"] == "pong"
         await kept.disconnect()
     finally:
-        hub.tick_seconds = 5.0
+        hub.tick_seconds = None
 
 
 async def test_browser_origins_are_checked_against_the_tenant(money: dict) -> None:
@@ -299,4 +305,27 @@ async def test_a_client_that_answers_pings_stays_and_a_silent_one_is_closed(mone
         assert outputs[-1]["code"] == consumers.CLOSE_IDLE
         await polite.disconnect()
     finally:
-        hub.tick_seconds = 5.0
+        hub.tick_seconds = None
+
+
+async def test_a_closed_socket_is_freed_without_the_garbage_collector(money: dict) -> None:
+    """The GC policy freezes settled sockets: that only frees memory if a closed socket holds no reference
+    cycle (reference counting alone frees it)."""
+    import asyncio
+    import gc
+
+    gc.collect()
+    gc.disable()
+    try:
+        communicator = await _open(money["bob"])
+        await _subscribe(communicator, ["balances", "transactions", "branding"])
+        await communicator.receive_json_from(timeout=5)  # snapshot
+        await communicator.send_json_to({"type": "ping"})
+        await communicator.receive_json_from(timeout=5)
+        await communicator.disconnect()
+        await asyncio.sleep(0.05)
+        hub.wheel.clear()  # the timing wheel lets go of a closed socket at its next due tick
+        del communicator
+        assert [o for o in gc.get_objects() if isinstance(o, consumers.StreamConsumer)] == []
+    finally:
+        gc.enable()

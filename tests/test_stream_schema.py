@@ -23,6 +23,12 @@ from wallet.ledger import services
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "STREAM.md"
 
+@pytest.fixture(autouse=True)
+def _no_gc_tuning(settings):
+    """The hub tunes the garbage collector of a stream process (`GcPolicy`); not of the test process."""
+    settings.STREAM_GC_TUNE = False
+
+
 
 def schemas() -> dict[str, dict]:
     blocks = re.findall(r"```json schema:(\w+)\n(.*?)```", DOC.read_text(), flags=re.S)
@@ -91,3 +97,12 @@ async def test_real_messages_match_their_schemas(tenant_a: Tenant, user_a: User,
     await database_sync_to_async(relay_once)()
     await communicator.disconnect()
     await fresh.disconnect()
+
+
+def test_the_event_schema_names_the_prefix_of_every_topic() -> None:
+    pattern = schemas()["event"]["properties"]["type"]["pattern"]
+    documented = set(re.match(r"\^\(([a-z_|]+)\)", pattern).group(1).split("|"))
+    assert documented == {prefix.rstrip(".") for _, prefixes in TOPICS.values() for prefix in prefixes}
+    assert "tx" in documented
+    validator("event").validate({"id": "x", "stream": "user", "seq": 3, "type": "tx.included",
+                                 "ts": "2026-11-22T18:00:00Z", "data": {}})

@@ -28,6 +28,7 @@ class Command(BaseCommand):
         warnings.filterwarnings("ignore", message="StreamingHttpResponse must consume synchronous")
 
         from wallet.core.scheduler import InProcessScheduler
+        from wallet.events.conf import STREAM_UVICORN_OPTIONS
 
         base = f"http://{host}:{port}"
         self.stdout.write(
@@ -51,7 +52,7 @@ class Command(BaseCommand):
         chains = embedded_chains_start(self.stdout)
         try:
             uvicorn.run("wallet.asgi:application", host=host, port=port, lifespan="off",
-                        log_level="warning", access_log=False, ws="websockets-sansio")
+                        log_level="warning", access_log=False, **STREAM_UVICORN_OPTIONS)
         finally:
             chains.stop()
             if scheduler is not None:
