@@ -6,3 +6,10 @@ class ChainsConfig(AppConfig):
     label = "chains"
     verbose_name = "Chains"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        # On-chain balances of linked and deposit addresses are sources of GET /api/v1/balances.
+        from chains.balance_sources import chain_balance_sources
+        from wallet.balances.sources import register_source_factory
+
+        register_source_factory("chains", chain_balance_sources)
