@@ -20,8 +20,26 @@ M = TypeVar("M", bound=models.Model)
 VALUES_MAX_ROWS = 16
 
 
+Statement = tuple[str, list[Any]]
+
+
+def execute_together(connection: BaseDatabaseWrapper, statements: Sequence[Statement]) -> None:
+    """PostgreSQL: run data-modifying statements (INSERT/UPDATE without RETURNING) as one statement, one
+    round trip: `WITH s1 AS (...), s2 AS (...) SELECT 1`. They see one snapshot and each runs exactly once,
+    so they must not depend on each other's rows (deferred foreign keys are checked at commit)."""
+    if not statements:
+        return
+    if len(statements) == 1:
+        sql, params = statements[0]
+    else:
+        sql = "WITH " + ", ".join(f"s{i} AS ({text})" for i, (text, _) in enumerate(statements)) + " SELECT 1"
+        params = [value for _, values in statements for value in values]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+
+
 def copy_rows(connection: BaseDatabaseWrapper, model: type[models.Model], fields: Sequence[str],
-              rows: Iterable[Sequence[Any]]) -> None:
+              rows: Iterable[Sequence[Any]], defer: list[Statement] | None = None) -> None:
     """PostgreSQL: insert `rows` (tuples of database-ready values, in the order of `fields`, given by
     attribute name such as `tenant_id`) into the model's table inside the caller's transaction: one
     multi-row INSERT for up to VALUES_MAX_ROWS rows, one COPY beyond. Logged like a query when Django
@@ -38,8 +56,12 @@ def copy_rows(connection: BaseDatabaseWrapper, model: type[models.Model], fields
         placeholders = "(" + ", ".join(["%s"] * len(fields)) + ")"
         values = ", ".join([placeholders] * len(rows))
         sql = f"INSERT INTO {quote(opts.db_table)} ({columns}) VALUES {values}"  # noqa: S608 (quoted names)
+        params = [value for row in rows for value in row]
+        if defer is not None:  # the caller runs it later, with others (`execute_together`)
+            defer.append((sql, params))
+            return
         with connection.cursor() as cursor:
-            cursor.execute(sql, [value for row in rows for value in row])
+            cursor.execute(sql, params)
         return
     sql = f"COPY {quote(opts.db_table)} ({columns}) FROM STDIN"
     with connection.cursor() as cursor:

@@ -29,7 +29,7 @@ from django.db.models import F, OuterRef, Subquery
 from django.utils import timezone
 
 from tenants.models import Tenant
-from wallet.core.bulk import copy_rows, loaded
+from wallet.core.bulk import Statement, copy_rows, loaded
 from wallet.core.ids import uuid7
 from wallet.events import conf
 from wallet.events.models import OutboxEvent, StreamCursor
@@ -76,9 +76,12 @@ class EventSpec:
     data: dict[str, Any]
 
 
-def events_emit(*, tenant: Tenant, events: Sequence[EventSpec], returning: bool = True) -> list[OutboxEvent]:
+def events_emit(*, tenant: Tenant, events: Sequence[EventSpec], returning: bool = True,
+                defer: list[Statement] | None = None) -> list[OutboxEvent]:
     """Write `events` of `tenant` to the outbox, in the caller's open transaction, and return the rows
     (with `returning=False`, on PostgreSQL, an empty list: the ledger's hot path does not read them).
+    With `defer` (PostgreSQL), a small insert of the events is appended there for the caller to run with
+    its other writes (`wallet.core.bulk.execute_together`) before the transaction commits.
 
     Each stream's events get the next sequence numbers of that (tenant, stream), consecutive in the order
     given, starting at 1 for a new stream. The stream cursors are bumped with one upsert in sorted stream
@@ -113,7 +116,7 @@ def events_emit(*, tenant: Tenant, events: Sequence[EventSpec], returning: bool 
     ids = [uuid7() for _ in events]
     now = timezone.now()
     if connection.vendor == "postgresql":
-        rows = _copy_events(connection, tenant, events, ids, seqs, encoded, now, returning)
+        rows = _copy_events(connection, tenant, events, ids, seqs, encoded, now, returning, defer)
     else:
         rows = [OutboxEvent(id=event_id, tenant=tenant, stream=spec.stream, seq=seq, type=spec.type, data=spec.data,
                             created_at=now) for event_id, spec, seq in zip(ids, events, seqs, strict=True)]
@@ -197,14 +200,15 @@ def _bump_cursors(connection: BaseDatabaseWrapper, tenant: Tenant, counts: dict[
 
 
 def _copy_events(connection: BaseDatabaseWrapper, tenant: Tenant, events: Sequence[EventSpec], ids: list[uuid.UUID],
-                 seqs: list[int], encoded: list[str], now: datetime, returning: bool) -> list[OutboxEvent]:
+                 seqs: list[int], encoded: list[str], now: datetime, returning: bool,
+                 defer: list[Statement] | None = None) -> list[OutboxEvent]:
     """PostgreSQL: write the events with `copy_rows` (one INSERT for a few, one COPY for many) and return
     them as saved model instances."""
     tenant_id = tenant.pk
     rows: list[OutboxEvent] = []
     copy_rows(connection, OutboxEvent, ("id", "tenant_id", "stream", "seq", "type", "data", "created_at"),
               [(event_id, tenant_id, spec.stream, seq, spec.type, data, now)
-               for event_id, spec, seq, data in zip(ids, events, seqs, encoded, strict=True)])
+               for event_id, spec, seq, data in zip(ids, events, seqs, encoded, strict=True)], defer=defer)
     if not returning:
         return rows
     alias = connection.alias

@@ -31,7 +31,7 @@ from django.db import connection
 from django.utils import timezone
 
 from tenants.models import Tenant
-from wallet.core.bulk import copy_rows, loaded
+from wallet.core.bulk import Statement, copy_rows, execute_together, loaded
 from wallet.core.ids import uuid7
 from wallet.ledger.errors import InsufficientFunds, UnbalancedEntry
 from wallet.ledger.models import Account, Asset, JournalEntry, LedgerHead, Posting
@@ -131,6 +131,8 @@ class LedgerBatch:
         # Events written with the flush, after the balance events, in one outbox call per transaction.
         self.events: list[Any] = []
         self.now = timezone.now()
+        # PostgreSQL: writes run together at the end of `flush` (see there); None elsewhere.
+        self.deferred: list[Statement] | None = [] if connection.vendor == "postgresql" else None
 
     # --- locking ----------------------------------------------------------------------------------------
     def lock(self, account_ids: Iterable[UUID]) -> dict[UUID, Account]:
@@ -225,11 +227,16 @@ class LedgerBatch:
 
     # --- writing ----------------------------------------------------------------------------------------
     def flush(self) -> list[JournalEntry]:
-        """Write balances and events, then lock the head and write the recorded entries and postings."""
+        """Write balances and events, then lock the head and write the recorded entries and postings.
+
+        On PostgreSQL the writes that return nothing (balances, small inserts of transfers, events, entries
+        and postings, the head) are gathered in `deferred` and sent as one statement at the end: a batch
+        of a few transfers costs about six round trips instead of twelve."""
         self._write_balances()
         self._emit_balance_events()
         if not self.drafts:
             self.dirty.clear()
+            self._run_deferred()
             return []
         if self.head is None:
             self.head = _head_locked(self.tenant)
@@ -254,8 +261,8 @@ class LedgerBatch:
             prev = digest
         alias = connection.alias
         if connection.vendor == "postgresql":
-            copy_rows(connection, JournalEntry, _ENTRY_FIELDS, entry_rows)
-            copy_rows(connection, Posting, _POSTING_FIELDS, posting_rows)
+            copy_rows(connection, JournalEntry, _ENTRY_FIELDS, entry_rows, defer=self.deferred)
+            copy_rows(connection, Posting, _POSTING_FIELDS, posting_rows, defer=self.deferred)
             entries = [loaded(JournalEntry, alias, dict(zip(_ENTRY_FIELDS, row, strict=True)))
                        for row in entry_rows]
         else:
@@ -263,13 +270,22 @@ class LedgerBatch:
             JournalEntry.all_tenants.bulk_create(entries)
             Posting.all_tenants.bulk_create([Posting(**dict(zip(_POSTING_FIELDS, row, strict=True)))
                                              for row in posting_rows])
-        with connection.cursor() as cursor:
-            cursor.execute(_HEAD_UPDATE_SQL, [seq, prev, _head_tenant_id(self.tenant)])
+        if self.deferred is not None:
+            self.deferred.append((_HEAD_UPDATE_SQL, [seq, prev, _head_tenant_id(self.tenant)]))
+        else:
+            with connection.cursor() as cursor:
+                cursor.execute(_HEAD_UPDATE_SQL, [seq, prev, _head_tenant_id(self.tenant)])
+        self._run_deferred()
         self.head.seq, self.head.hash = seq, prev
         self.entries.extend(entries)
         self.drafts.clear()
         self.dirty.clear()
         return entries
+
+    def _run_deferred(self) -> None:
+        if self.deferred:
+            statements, self.deferred[:] = list(self.deferred), []
+            execute_together(connection, statements)
 
     def _write_balances(self) -> None:
         accounts = [self.accounts[a] for a in sorted(self.dirty)]
@@ -283,12 +299,13 @@ class LedgerBatch:
             params: list[Any] = []
             for account in accounts:
                 params.extend([account.pk, account.posted, account.held])
+            sql = ("UPDATE ledger_account AS a SET posted = v.posted, held = v.held, updated_at = %s "  # noqa: S608
+                   f"FROM (VALUES {values}) AS v(id, posted, held) WHERE a.id = v.id")
+            if self.deferred is not None:  # the accounts are locked by this transaction already
+                self.deferred.append((sql, [now, *params]))
+                return
             with connection.cursor() as cursor:
-                cursor.execute(
-                    "UPDATE ledger_account AS a SET posted = v.posted, held = v.held, updated_at = %s "  # noqa: S608
-                    f"FROM (VALUES {values}) AS v(id, posted, held) WHERE a.id = v.id",
-                    [now, *params],
-                )
+                cursor.execute(sql, [now, *params])
         else:
             Account.all_tenants.bulk_update(accounts, ["posted", "held", "updated_at"])
 
@@ -305,7 +322,7 @@ class LedgerBatch:
         events.extend(self.events)
         self.events = []
         if events:
-            events_emit(tenant=self.tenant, events=events, returning=False)
+            events_emit(tenant=self.tenant, events=events, returning=False, defer=self.deferred)
 
 
 def balance_payload(account: Account) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from tenants.models import Tenant, User
-from wallet.core.bulk import copy_rows, loaded
+from wallet.core.bulk import Statement, copy_rows, loaded
 from wallet.core.errors import ApiError
 from wallet.core.ids import uuid7
 from wallet.ledger.engine import EntryDraft, LedgerBatch, Leg, apply_single
@@ -231,7 +231,7 @@ def transfers_execute(*, tenant: Tenant, requests: Sequence[TransferRequest]) ->
                                     data={**payload, "direction": "in"}))
         # Everything but the entries first: the ledger head is locked by flush(), for the entries only.
         if transfers:
-            _transfers_insert(transfers)
+            _transfers_insert(transfers, defer=batch.deferred)
         changed = [row for key, row in usage.items() if row.amount != used_before[key]]
         if changed:
             DailyUsage.all_tenants.bulk_update(changed, ["amount"])
@@ -243,11 +243,11 @@ def transfers_execute(*, tenant: Tenant, requests: Sequence[TransferRequest]) ->
 _TRANSFER_FIELDS = tuple(field.attname for field in Transfer._meta.concrete_fields)
 
 
-def _transfers_insert(transfers: Sequence[Transfer]) -> None:
-    """Insert transfers built by `loaded` (COPY on PostgreSQL)."""
+def _transfers_insert(transfers: Sequence[Transfer], defer: list[Statement] | None = None) -> None:
+    """Insert transfers built by `loaded` (INSERT or COPY on PostgreSQL, possibly deferred to the flush)."""
     if connection.vendor == "postgresql":
         copy_rows(connection, Transfer, _TRANSFER_FIELDS,
-                  ([transfer.__dict__[name] for name in _TRANSFER_FIELDS] for transfer in transfers))
+                  [[transfer.__dict__[name] for name in _TRANSFER_FIELDS] for transfer in transfers], defer=defer)
         return
     for transfer in transfers:
         transfer._state.adding = True
