@@ -191,11 +191,10 @@ def test_a_batch_costs_a_fixed_number_of_statements(tenant_a: Tenant, django_ass
     users = [uuid.uuid4() for _ in range(59)]
     specs = [EventSpec(user_stream(users[i % 59]), "account.balance_changed", {"i": i}) for i in range(99)]
     specs.append(EventSpec(tenant_stream(tenant_a), "tenant.stats", {}))
-    # PostgreSQL: cursor upsert, event insert, pg_notify; SQLite: upsert and insert.
-    first = 3 if connection.vendor == "postgresql" else 2
+    # the cursor upsert (which also sends pg_notify on PostgreSQL) and the event insert
     # when / then
     with transaction.atomic():
-        with django_assert_num_queries(first):
+        with django_assert_num_queries(2):
             rows = events_emit(tenant=tenant_a, events=specs)
         with django_assert_num_queries(2):  # a second call in the same transaction does not notify again
             events_emit(tenant=tenant_a, events=specs[:10])
@@ -337,3 +336,29 @@ def test_the_purge_task_runs_the_service(tenant_a: Tenant, user_a: User, monkeyp
     # then
     assert result.get() == 1
     assert OutboxEvent.all_tenants.count() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="LISTEN/NOTIFY is PostgreSQL's")
+def test_a_commit_with_events_notifies_the_relay_once_and_a_rollback_not_at_all(tenant_a: Tenant) -> None:
+    import psycopg
+    from django.conf import settings as django_settings
+
+    from wallet.events import conf
+
+    params = connection.get_connection_params()
+    with psycopg.connect(**{k: v for k, v in params.items() if k != "cursor_factory"}, autocommit=True) as listener:
+        listener.execute(f"LISTEN {conf.notify_channel()}")
+        assert conf.relay_in_process() is False and django_settings.OUTBOX_NOTIFY is not False
+
+        def received(seconds: float) -> int:
+            return sum(1 for _ in listener.notifies(timeout=seconds))
+
+        with transaction.atomic():
+            events_emit(tenant=tenant_a, events=[EventSpec(tenant_stream(tenant_a), "tenant.one", {})])
+            events_emit(tenant=tenant_a, events=[EventSpec(tenant_stream(tenant_a), "tenant.two", {})])
+        assert received(1.0) == 1
+        with pytest.raises(RuntimeError), transaction.atomic():
+            events_emit(tenant=tenant_a, events=[EventSpec(tenant_stream(tenant_a), "tenant.three", {})])
+            raise RuntimeError("rolled back")
+        assert received(0.5) == 0

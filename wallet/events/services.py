@@ -105,7 +105,8 @@ def events_emit(*, tenant: Tenant, events: Sequence[EventSpec], returning: bool 
         return []
 
     counts, encoded = _validate(tenant, events)
-    last_seqs = _bump_cursors(connection, tenant, counts)
+    notify = _notify_channel(connection)
+    last_seqs = _bump_cursors(connection, tenant, counts, notify)
 
     # The first seq of each stream's share of this call; then consecutive in the order given.
     next_seq = {stream: last_seqs[stream] - count + 1 for stream, count in counts.items()}
@@ -122,7 +123,7 @@ def events_emit(*, tenant: Tenant, events: Sequence[EventSpec], returning: bool 
                             created_at=now) for event_id, spec, seq in zip(ids, events, seqs, strict=True)]
         OutboxEvent.all_tenants.using(alias).bulk_create(rows)
 
-    _wake_relay_after_commit(connection, alias)
+    _wake_relay_after_commit(connection, alias, notified=notify is not None)
     return rows
 
 
@@ -160,10 +161,12 @@ def _validate(tenant: Tenant, events: Sequence[EventSpec]) -> tuple[dict[str, in
     return counts, encoded
 
 
-def _bump_cursors(connection: BaseDatabaseWrapper, tenant: Tenant, counts: dict[str, int]) -> dict[str, int]:
+def _bump_cursors(connection: BaseDatabaseWrapper, tenant: Tenant, counts: dict[str, int],
+                  notify: str | None = None) -> dict[str, int]:
     """Add each stream's count to its cursor (creating it at the count) and return the new last_seq per
     stream: one `INSERT ... ON CONFLICT DO UPDATE ... RETURNING` whose rows are in sorted stream order (the
-    order in which it takes the row locks)."""
+    order in which it takes the row locks). With `notify` (PostgreSQL), the same statement also sends
+    `pg_notify(notify, '')`, which PostgreSQL delivers at commit: no round trip of its own."""
     streams = sorted(counts)
     quote = connection.ops.quote_name
     table = quote(StreamCursor._meta.db_table)
@@ -175,12 +178,17 @@ def _bump_cursors(connection: BaseDatabaseWrapper, tenant: Tenant, counts: dict[
     columns = f"{table} ({quote('tenant_id')}, {quote('stream')}, {quote('last_seq')})"
     if connection.vendor == "postgresql":
         # Two array parameters whatever the number of streams; the ordinality makes the order explicit.
+        # The notification joins the upsert's source rows (one row: it runs exactly once).
+        prefix, join, params = "", "", [tenant.pk, streams, [counts[stream] for stream in streams]]
+        if notify is not None:
+            prefix, join = "WITH wake AS (SELECT pg_notify(%s, '')) ", " CROSS JOIN wake"
+            params.insert(0, notify)
         with connection.cursor() as cursor:
             cursor.execute(
-                f"INSERT INTO {columns} SELECT %s, u.stream, u.count "  # noqa: S608 (constant identifiers)
-                "FROM unnest(%s::text[], %s::bigint[]) WITH ORDINALITY AS u(stream, count, position) "
+                f"{prefix}INSERT INTO {columns} SELECT %s, u.stream, u.count "  # noqa: S608 (constant identifiers)
+                f"FROM unnest(%s::text[], %s::bigint[]) WITH ORDINALITY AS u(stream, count, position){join} "
                 f"ORDER BY u.position {upsert}",
-                [tenant.pk, streams, [counts[stream] for stream in streams]],
+                params,
             )
             return dict(cursor.fetchall())
     if connection.vendor != "sqlite" or not _SQLITE_HAS_RETURNING:
@@ -241,16 +249,24 @@ def _after_commit() -> None:
     wake_relay()
 
 
-def _wake_relay_after_commit(connection: BaseDatabaseWrapper, alias: str) -> None:
-    """Once per transaction: NOTIFY an out-of-process relay (PostgreSQL; delivered at commit) and register
-    the on-commit hook that wakes an in-process relay.
+def _notify_channel(connection: BaseDatabaseWrapper) -> str | None:
+    """The channel to NOTIFY in this emit (PostgreSQL, out-of-process relay, first emit of the
+    transaction), else None. The on-commit hook's presence marks "already done": a savepoint rollback drops
+    both the hook and a NOTIFY sent inside it, so the next emit in the transaction sends them again."""
+    if connection.vendor != "postgresql" or not conf.notify() or conf.relay_in_process():
+        return None
+    if any(entry[1] is _after_commit for entry in connection.run_on_commit):
+        return None
+    return conf.notify_channel()
 
-    The hook's presence in the transaction's on-commit list marks "already done": a savepoint rollback
-    drops both the hook and a NOTIFY sent inside it, so the next emit in the transaction sends them again.
+
+def _wake_relay_after_commit(connection: BaseDatabaseWrapper, alias: str, *, notified: bool = False) -> None:
+    """Once per transaction: NOTIFY an out-of-process relay (PostgreSQL; delivered at commit), unless the
+    cursor upsert already did (`notified`), and register the on-commit hook that wakes an in-process relay.
     """
     if any(entry[1] is _after_commit for entry in connection.run_on_commit):
         return
-    if connection.vendor == "postgresql" and conf.notify() and not conf.relay_in_process():
+    if not notified and _notify_channel(connection) is not None:
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_notify(%s, '')", [conf.notify_channel()])
     transaction.on_commit(_after_commit, using=alias, robust=True)
