@@ -59,3 +59,22 @@ def deliver_release_hook(self: TenantTask, *, tenant_id: str, delivery_id: str) 
         attempts=attempts, status=HookDelivery.Status.DELIVERED, response_status=status,
         delivered_at=timezone.now(), last_error="")
     return "delivered"
+
+
+@shared_task(name="branding.redeliver_pending_hooks")
+def redeliver_pending_hooks(older_than_seconds: int = 3600) -> int:
+    """Re-enqueue hook deliveries still pending long after their release (the broker lost the task, or
+    the embedded mode could not retry). Beat entry point: add
+    `{"task": "branding.redeliver_pending_hooks", "schedule": 900.0}` to CELERY_BEAT_SCHEDULE. Receivers
+    deduplicate by `webhook-id`, which stays the same."""
+    from datetime import timedelta
+
+    from branding.models import HookDelivery
+
+    cutoff = timezone.now() - timedelta(seconds=older_than_seconds)
+    pending = HookDelivery.all_tenants.filter(status=HookDelivery.Status.PENDING, created_at__lt=cutoff)
+    count = 0
+    for delivery_id, tenant_id in pending.values_list("pk", "tenant_id")[:500]:
+        deliver_release_hook.apply_async(kwargs={"tenant_id": str(tenant_id), "delivery_id": str(delivery_id)})
+        count += 1
+    return count

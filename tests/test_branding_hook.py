@@ -234,3 +234,26 @@ def test_hook_secret_is_a_standard_webhooks_secret(tenant_a: Tenant) -> None:
     assert hook.secret.startswith("whsec_")
     Webhook(hook.secret)  # parses
     assert json.dumps({"secret": hook.secret})  # stored as text
+
+
+def test_a_stale_pending_delivery_is_redelivered_by_the_sweep(tenant_a: Tenant, receiver: Receiver,
+                                                              allow_local: None,
+                                                              django_capture_on_commit_callbacks: Any) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from branding.tasks import redeliver_pending_hooks
+
+    # given a delivery whose task was lost (the commit callbacks never ran), an hour and more ago
+    _publish_with_hook(tenant_a, f"http://127.0.0.1:{receiver.port}/hook", django_capture_on_commit_callbacks,
+                       execute=False)
+    HookDelivery.all_tenants.filter(tenant=tenant_a).update(created_at=timezone.now() - timedelta(hours=2))
+
+    # when the sweep runs (twice)
+    assert redeliver_pending_hooks.apply().get() == 1
+    assert redeliver_pending_hooks.apply().get() == 0
+
+    # then it was delivered once
+    assert len(receiver.requests) == 1
+    assert HookDelivery.all_tenants.get(tenant=tenant_a).status == "delivered"

@@ -330,6 +330,13 @@ EXEMPT: dict[str, str] = {
     "branding-release-bundle": "authenticated by a per-tenant build token (not a user token) looked up within "
                                "the app key's tenant; tenant B's token against tenant A is covered by "
                                "tests/test_branding_api.py::test_tenant_b_build_token_cannot_fetch_tenant_a_bundle",
+    # staff-only: an app user gets 403 and an owner acts on its own tenant, so the status differs per caller
+    # (which one ActionCase cannot express); tenant B's owner reaching only tenant B is tested in
+    # tests/test_branding_staff_api.py::test_tenant_b_owner_only_reaches_tenant_b_branding (the token/app key
+    # mismatch is still checked here for these routes)
+    "branding-draft": "staff-only, per-caller statuses: see tests/test_branding_staff_api.py",
+    "branding-draft-check": "staff-only, per-caller statuses: see tests/test_branding_staff_api.py",
+    "branding-release-publish": "staff-only, per-caller statuses: see tests/test_branding_staff_api.py",
 
     # --- chains ---
     **__import__("tests.fixtures.chains.matrix", fromlist=["EXEMPT"]).EXEMPT,
