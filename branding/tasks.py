@@ -64,9 +64,8 @@ def deliver_release_hook(self: TenantTask, *, tenant_id: str, delivery_id: str) 
 @shared_task(name="branding.redeliver_pending_hooks")
 def redeliver_pending_hooks(older_than_seconds: int = 3600) -> int:
     """Re-enqueue hook deliveries still pending long after their release (the broker lost the task, or
-    the embedded mode could not retry). Beat entry point: add
-    `{"task": "branding.redeliver_pending_hooks", "schedule": 900.0}` to CELERY_BEAT_SCHEDULE. Receivers
-    deduplicate by `webhook-id`, which stays the same."""
+    the embedded mode could not retry). Scheduled every 15 minutes (`branding-redeliver-hooks` in
+    CELERY_BEAT_SCHEDULE). Receivers deduplicate by `webhook-id`, which stays the same."""
     from datetime import timedelta
 
     from branding.models import HookDelivery

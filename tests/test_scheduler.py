@@ -44,3 +44,13 @@ def _expire_through_the_scheduler(tenant_a: Tenant, user_a: User) -> None:
         scheduler.join(timeout=5)
         connections.close_all()
     assert Hold.all_tenants.get(pk=hold.pk).status == "expired"
+
+
+def test_every_scheduled_task_exists() -> None:
+    from django.conf import settings
+
+    celery_app.loader.import_default_modules()
+    missing = [entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()
+               if entry["task"] not in celery_app.tasks]
+    assert missing == []
+    assert "branding.redeliver_pending_hooks" in {e["task"] for e in settings.CELERY_BEAT_SCHEDULE.values()}

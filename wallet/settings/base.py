@@ -177,6 +177,7 @@ CELERY_BEAT_SCHEDULE: dict[str, dict] = {
     "expire-holds": {"task": "ledger.expire_holds_all", "schedule": 30.0},
     "idempotency-purge-expired": {"task": "idempotency.purge_expired", "schedule": 3600.0},
     "events-purge-published": {"task": "events.purge_published", "schedule": 3600.0},
+    "branding-redeliver-hooks": {"task": "branding.redeliver_pending_hooks", "schedule": 900.0},
 }
 
 # --- Auth -----------------------------------------------------------------------------------------------
