@@ -173,6 +173,9 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_TIME_LIMIT = 300
+# How long a process trusts a tenant's asset policy (limits, enabled) on the transfer path.
+LEDGER_POLICY_CACHE_SECONDS = float(os.environ.get("LEDGER_POLICY_CACHE_SECONDS", "2"))
+
 CELERY_BEAT_SCHEDULE: dict[str, dict] = {
     "expire-holds": {"task": "ledger.expire_holds_all", "schedule": 30.0},
     "idempotency-purge-expired": {"task": "idempotency.purge_expired", "schedule": 3600.0},
