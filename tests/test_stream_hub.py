@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import weakref
 from typing import Any
 
 import pytest
@@ -85,31 +86,60 @@ def restore_gc():
     gc.set_threshold(*threshold)
 
 
-def test_the_gc_policy_freezes_at_start_refreezes_after_connects_and_collects_after_churn(settings,
-                                                                                          restore_gc) -> None:
+class Node:
+    def __init__(self) -> None:
+        self.other: Node | None = None
+
+
+def _cycle() -> weakref.ref:
+    """A reference cycle that is garbage at once: only a collection that sees it frees it."""
+    a, b = Node(), Node()
+    a.other, b.other = b, a
+    return weakref.ref(a)
+
+
+def test_the_gc_policy_freezes_at_start_and_collects_then_freezes_while_sockets_connect(settings,
+                                                                                        restore_gc) -> None:
     settings.STREAM_GC_TUNE = True
     settings.STREAM_GC_THRESHOLD = (40_000, 15, 50)
     settings.STREAM_GC_FREEZE_SECONDS = 10
-    settings.STREAM_GC_THAW_CLOSED = 3
     policy = GcPolicy()
     policy.start()
     assert policy.active and gc.get_freeze_count() > 0 and gc.get_threshold() == (40_000, 15, 50)
     started = policy.last_freeze
-    young = [[] for _ in range(100)]  # new objects, tracked in the young generation
+    frozen = gc.get_freeze_count()
+    alive = [Node() for _ in range(100)]  # new, live objects (the sockets that connected)
+    dead = _cycle()
     policy.connected = 2
     policy.tick(started + 5)
-    assert gc.get_count()[0] > 0 and policy.connected == 2  # not yet: 10 s between freezes
+    assert policy.connected == 2 and dead() is not None  # not yet: 10 s between freezes
     policy.tick(started + 11)
     assert policy.connected == 0 and policy.last_freeze == started + 11
-    assert len(gc.get_objects(0)) < len(young)  # the young objects were frozen
-    garbage = [[]]
-    garbage[0].append(garbage)  # a reference cycle, frozen below: only a full collection with a thaw frees it
-    gc.freeze()
-    del garbage
+    assert dead() is None  # the garbage was collected, not frozen
+    assert gc.get_freeze_count() >= frozen + len(alive)  # the live objects were frozen
+    policy.tick(started + 30)  # nothing connected since: nothing to do
+    assert policy.last_freeze == started + 11
+
+
+def test_the_gc_policy_thaws_after_churn_only_when_asked(settings, restore_gc) -> None:
+    settings.STREAM_GC_TUNE = True
+    settings.STREAM_GC_THAW_CLOSED = 3
+    policy = GcPolicy()
+    policy.start()
+    dead = _cycle()
+    gc.freeze()  # garbage a freeze kept: only a thaw frees it
+    policy.closed = 2
+    policy.tick(policy.last_freeze + 1)
+    assert dead() is not None
     policy.closed = 3
-    policy.tick(started + 12)
-    assert policy.closed == 0
-    assert not any(isinstance(o, list) and len(o) == 1 and o[0] is o for o in gc.get_objects())
+    policy.tick(policy.last_freeze + 2)
+    assert dead() is None and policy.closed == 0
+    settings.STREAM_GC_THAW_CLOSED = 0  # the default: never
+    dead = _cycle()
+    gc.freeze()
+    policy.closed = 10_000
+    policy.tick(policy.last_freeze + 3)
+    assert dead() is not None
 
 
 def test_the_gc_policy_does_nothing_when_turned_off(settings, restore_gc) -> None:

@@ -74,9 +74,9 @@ class StreamSettings:
       are due.
     - `STREAM_GC_TUNE` (True): the stream hub tunes the garbage collector of its process (see
       `wallet.events.hub.GcPolicy`); `STREAM_GC_THRESHOLD` ((50000, 20, 100)): `gc.set_threshold` then;
-      `STREAM_GC_FREEZE_SECONDS` (30): how often sockets that have settled are moved out of the collector's
-      sight (`gc.freeze()`); `STREAM_GC_THAW_CLOSED` (5000): after this many closed sockets since the last
-      full collection, one full collection (unfrozen) reclaims cyclic garbage kept by the freezes (0: never).
+      `STREAM_GC_FREEZE_SECONDS` (5): while sockets connect, how often what is not frozen yet is collected
+      and the rest (the new sockets) frozen; `STREAM_GC_THAW_CLOSED` (0: never): after this many closed
+      sockets, one full collection of everything, frozen included (a pause of seconds at 10k sockets).
     """
 
     __slots__ = (
@@ -112,8 +112,8 @@ class StreamSettings:
         self.tick_seconds = float(get("STREAM_TICK_SECONDS", 1.0))
         self.gc_tune = bool(get("STREAM_GC_TUNE", True))
         self.gc_threshold = tuple(int(x) for x in get("STREAM_GC_THRESHOLD", (50_000, 20, 100)))  # type: ignore[attr-defined]
-        self.gc_freeze_seconds = float(get("STREAM_GC_FREEZE_SECONDS", 30))
-        self.gc_thaw_closed = int(get("STREAM_GC_THAW_CLOSED", 5000))
+        self.gc_freeze_seconds = float(get("STREAM_GC_FREEZE_SECONDS", 5))
+        self.gc_thaw_closed = int(get("STREAM_GC_THAW_CLOSED", 0))
 
 
 _stream_settings: list[StreamSettings] = []

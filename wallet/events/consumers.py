@@ -240,7 +240,8 @@ class StreamConsumer:
         if self._send is None:
             return
         self.closing = True
-        hub.detach(self)
+        if self.due_slot:  # attached (not when the handshake failed before the accept)
+            hub.detach(self)
         if self.auth_timer is not None:
             self.auth_timer.cancel()
             self.auth_timer = None
