@@ -180,3 +180,20 @@ def test_malformed_authorization_header_is_refused(client_a: AppClient, live: di
     response = client_a.get("/api/v1/me")
     assert response.status_code == 401
     assert response.json()["code"] == "not_authenticated"
+
+
+def test_the_auth_cache_drops_expired_entries(monkeypatch: pytest.MonkeyPatch, settings) -> None:
+    """A long-lived process (the stream's) must not keep a user copy per socket it ever authenticated."""
+    from tenants.auth import sessions
+
+    settings.AUTH_CACHE_SECONDS = 2
+    cache = sessions._AuthStateCache()
+    clock = [1000.0]
+    monkeypatch.setattr(sessions.time, "monotonic", lambda: clock[0])
+    for i in range(50):
+        cache.put((f"s{i}", "u", "t"), User(email=f"{i}@example.com"))
+    assert len(cache._entries) == 50
+    clock[0] += 3  # all expired
+    cache.put(("fresh", "u", "t"), User(email="fresh@example.com"))
+    assert list(cache._entries) == [("fresh", "u", "t")]
+    assert cache.get(("fresh", "u", "t")).email == "fresh@example.com"

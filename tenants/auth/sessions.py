@@ -137,6 +137,7 @@ class _AuthStateCache:
     def __init__(self, max_entries: int = 20_000) -> None:
         self.max_entries = max_entries
         self._entries: dict[tuple[str, str, str], tuple[float, User]] = {}
+        self._next_sweep = 0.0
 
     def get(self, key: tuple[str, str, str]) -> User | None:
         entry = self._entries.get(key)
@@ -151,9 +152,15 @@ class _AuthStateCache:
         ttl = settings.AUTH_CACHE_SECONDS
         if ttl <= 0:
             return
+        now = time.monotonic()
+        if now >= self._next_sweep:
+            # Expired entries go at most one TTL after expiring: a long-lived process (the stream's, with
+            # thousands of sockets authenticated once) does not keep a user copy per socket forever.
+            self._entries = {k: v for k, v in list(self._entries.items()) if v[0] >= now}
+            self._next_sweep = now + max(ttl, 1.0)
         if len(self._entries) >= self.max_entries:
             self._entries.clear()
-        self._entries[key] = (time.monotonic() + ttl, copy.copy(user))
+        self._entries[key] = (now + ttl, copy.copy(user))
 
     def discard(self, *, session_id: Any = None, user_id: Any = None) -> None:
         session_id = str(session_id) if session_id is not None else None
