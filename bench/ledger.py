@@ -17,7 +17,7 @@ In one invocation:
     of batches of 1 and of the largest size, alone, record every SQL statement and how long the
     tenant's ledger head stays locked.
 (c) `POST /api/v1/transfers` (X-App-Key, Bearer token of one of 64 senders, a fresh Idempotency-Key
-    per request, JSON body) on gunicorn with 2 sync workers and with 2 gthread workers x 8 threads, with
+    per request, JSON body) on gunicorn with 4 sync workers and with 4 gthread workers x 4 threads, with
     wrk (bench/ledger_transfers.lua), each back to back with the bare Django view on the same server;
     then, on the better server, a run paced at half its maximum, for the p99.
 
@@ -38,7 +38,7 @@ The last line printed is
 Tunables (environment): BENCH_SECONDS (8, measured seconds per run), BENCH_WARMUP_SECONDS (2),
 BENCH_PGBENCH_SECONDS (8), BENCH_PGBENCH_SCALE (10), BENCH_CLIENTS (8: pgbench clients and service
 workers), BENCH_BATCH_SIZES (1,16,64,256), BENCH_USERS (1000), BENCH_ZIPF_S (1.1), BENCH_HTTP_SENDERS (64),
-BENCH_THREADS (2), BENCH_CONNECTIONS (16), BENCH_HTTP_WORKERS (2), BENCH_HTTP_THREADS (8),
+BENCH_THREADS (2), BENCH_CONNECTIONS (16), BENCH_HTTP_WORKERS (4), BENCH_HTTP_THREADS (4),
 BENCH_PYSPY_DIR (unset; if set, py-spy raw profiles of worker 0 during each service run and of the
 gunicorn workers during each HTTP maximum run go there: summarise them with bench/ledger_profile.py).
 """
@@ -91,8 +91,8 @@ ZIPF_S = float(os.environ.get("BENCH_ZIPF_S", "1.1"))
 HTTP_SENDERS = int(os.environ.get("BENCH_HTTP_SENDERS", "64"))
 THREADS = int(os.environ.get("BENCH_THREADS", "2"))
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "16"))
-HTTP_WORKERS = int(os.environ.get("BENCH_HTTP_WORKERS", "2"))
-HTTP_THREADS = int(os.environ.get("BENCH_HTTP_THREADS", "8"))
+HTTP_WORKERS = int(os.environ.get("BENCH_HTTP_WORKERS", "4"))
+HTTP_THREADS = int(os.environ.get("BENCH_HTTP_THREADS", "4"))
 PYSPY_DIR = os.environ.get("BENCH_PYSPY_DIR", "")
 
 FUNDING = 10_000_000  # smallest units per user ($100,000.00)

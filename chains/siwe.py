@@ -56,6 +56,8 @@ def siwe_nonce_issue(*, tenant: Tenant, user: User, tenant_chain: TenantChain, d
     """A fresh single-use nonce for `user`, with the EIP-4361 fields their message must carry."""
     now = timezone.now()
     with transaction.atomic():
+        # The user's expired nonces go (a message over one is refused whether its row exists or not).
+        SiweNonce.all_tenants.filter(tenant_id=tenant.pk, user=user, expires_at__lt=now).delete()
         row = SiweNonce.all_tenants.create(
             tenant=tenant, user=user, nonce=generate_nonce(), domain=domain, uri=uri,
             chain_id=tenant_chain.chain.chain_id, issued_at=now,

@@ -43,7 +43,7 @@ from wallet.events.services import EventSpec, events_emit
 from wallet.events.streams import user_stream
 from wallet.ledger.engine import EntryDraft, Leg, apply_single
 from wallet.ledger.errors import InsufficientFunds
-from wallet.ledger.models import Account, JournalEntry
+from wallet.ledger.models import Account, JournalEntry, TenantAsset
 from wallet.ledger.services import entry_reverse, system_account, user_accounts_ensure
 
 logger = logging.getLogger("chains.watcher")
@@ -113,6 +113,7 @@ class ChainWatcher:
         self.watch_version: tuple[Any, ...] | None = None
         self.tokens: dict[str, Token] = {}
         self.assets: dict[Any, Any] = {}
+        self.offered: set[tuple[Any, Any]] = set()
         self.tenants: dict[Any, Tenant] = {}
         self.last_head: int | None = None
         self.head_changed_at = time.monotonic()
@@ -133,8 +134,10 @@ class ChainWatcher:
         deposit = (DepositAddress.all_tenants.filter(tenant_id__in=tenant_ids, chain=self.chain)
                    .aggregate(n=Count("pk"), last=Max("created_at")))
         tokens = Token.objects.filter(chain=self.chain, enabled=True).aggregate(n=Count("pk"), last=Max("contract"))
+        offered = (TenantAsset.all_tenants.filter(tenant_id__in=tenant_ids, enabled=True,
+                                                  asset__chain_id=self.chain.chain_id).aggregate(n=Count("pk")))
         version = (tuple(sorted(map(str, tenant_ids))), linked["n"], linked["last"], deposit["n"], deposit["last"],
-                   tokens["n"], tokens["last"])
+                   tokens["n"], tokens["last"], offered["n"])
         if version == self.watch_version:
             return
         watch: dict[str, list[Owner]] = {}
@@ -152,6 +155,10 @@ class ChainWatcher:
         if self.chain.native_asset_id:
             self.assets[self.chain.native_asset_id] = self.chain.native_asset
         self.tenants = {t.pk: t for t in Tenant.objects.filter(pk__in=tenant_ids)}
+        # A tenant sees deposits only in the assets its app offers (a token it disabled is ignored).
+        self.offered = set(TenantAsset.all_tenants.filter(tenant_id__in=tenant_ids, enabled=True,
+                                                          asset_id__in=list(self.assets))
+                           .values_list("tenant_id", "asset_id"))
         self.watch_version = version
 
     # --- the tick ---------------------------------------------------------------------------------------
@@ -392,6 +399,8 @@ class ChainWatcher:
         rows: list[Deposit] = []
         for item in found:
             for owner in self.watch.get(item.to_address, ()):
+                if (owner.tenant_id, item.asset_id) not in self.offered:
+                    continue
                 rows.append(Deposit(tenant_id=owner.tenant_id, user_id=owner.user_id, address_kind=owner.kind,
                                     chain=self.chain, tx_hash=item.tx_hash.lower(), log_index=item.log_index,
                                     block_number=item.block_number, block_hash=item.block_hash,

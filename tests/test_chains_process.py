@@ -40,7 +40,7 @@ from wallet.ledger.models import JournalEntry
 from wallet.ledger.verify import ledger_verify
 from tenants.models import Tenant
 tenant = Tenant.objects.get(slug="kill")
-print(json.dumps({
+print("REPORT " + json.dumps({
     "deposits": sorted(Deposit.all_tenants.filter(tenant=tenant).values_list("tx_hash", flat=True)),
     "final": Deposit.all_tenants.filter(tenant=tenant, status="final").count(),
     "entries": JournalEntry.all_tenants.filter(tenant=tenant, kind="deposit").count(),
@@ -63,6 +63,12 @@ def _manage(env: dict[str, str], *args: str) -> str:
                           timeout=180)
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
+
+
+def _report(env: dict[str, str]) -> dict[str, object]:
+    output = _manage(env, "shell", "-c", REPORT)
+    line = next(line for line in output.splitlines() if line.startswith("REPORT "))
+    return json.loads(line.removeprefix("REPORT "))
 
 
 def test_watch_chains_killed_mid_range_resumes_without_gap_or_double_credit(tmp_path: Path) -> None:
@@ -102,11 +108,11 @@ def test_watch_chains_killed_mid_range_resumes_without_gap_or_double_credit(tmp_
                 watcher.kill()
             watcher.wait()
         assert killed_at is not None, "the watcher did not get into the middle of the range in time"
-        half = json.loads(_manage(env, "shell", "--no-imports", "-c", REPORT))
+        half = _report(env)
         assert half["cursor"] < end and len(half["deposits"]) < len(sent)
 
         _manage(env, "watch_chains", "--chain", "31337", "--until-idle")
-        report = json.loads(_manage(env, "shell", "--no-imports", "-c", REPORT))
+        report = _report(env)
         assert report["deposits"] == sorted(sent)  # no gap, no duplicate
         assert report["final"] == len(sent) and report["entries"] == len(sent)
         assert report["cursor"] == node.block_number() and report["verify"] is True

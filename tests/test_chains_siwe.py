@@ -170,3 +170,16 @@ def test_contract_wallet_signs_in_with_erc1271(anvil: Anvil, client_a: AppClient
     response = link(client_a, message, sign_text(owner, message))
     assert response.status_code == 201, response.content
     assert response.json()["is_contract"] is True and response.json()["address"] == wallet
+
+
+def test_an_expired_nonce_is_refused_and_purged_on_the_next_issue(client_a: AppClient, user_a: User,
+                                                                  offline_chain: Any) -> None:
+    client_a.login_as(user_a)
+    account = new_account()
+    fields = nonce(client_a)
+    SiweNonce.all_tenants.filter(nonce=fields["nonce"]).update(expires_at=datetime.now(UTC) - timedelta(seconds=1))
+    message = siwe_message(fields, account.address)
+    response = link(client_a, message, sign_text(account, message))
+    assert response.status_code == 400 and response.json()["code"] == "siwe_nonce_invalid"
+    nonce(client_a)
+    assert not SiweNonce.all_tenants.filter(nonce=fields["nonce"]).exists()

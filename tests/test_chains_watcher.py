@@ -222,3 +222,18 @@ def test_stale_head_raises_the_alarm_once_and_clears_when_the_chain_moves(
     chain_env.anvil.mine(1)
     watcher.tick()
     assert watcher.stale_alarmed is False
+
+
+def test_a_token_the_tenant_does_not_offer_is_not_a_deposit(chain_env: ChainEnv, tenant_a: Tenant,
+                                                            user_a: User) -> None:
+    from wallet.ledger.models import TenantAsset
+
+    node, chain = chain_env.anvil, chain_env.chain
+    TenantAsset.all_tenants.filter(tenant=tenant_a, asset=chain_env.token.asset).update(enabled=False)
+    linked = link_address(tenant_a, user_a, new_account(), 31337).address
+    native = node.send(chain_env.funder, linked, 10**18)
+    chain_env.mint(linked, 5_000_000)
+    node.mine(3)
+    watcher_run_until_idle(chain)
+    assert list(Deposit.all_tenants.filter(tenant=tenant_a).values_list("tx_hash", flat=True)) == [native]
+    assert balance(user_a, "TUSD:31337") == 0 and balance(user_a, "ETH:31337") == 10**18
