@@ -190,3 +190,20 @@ def test_an_error_of_a_job_alone_is_a_500_and_nothing_is_stored(tenant_a: Tenant
     response = _post(client, "retry-me")  # nothing was stored: the retry runs
     assert response.status_code == 201 and not response.get("Idempotent-Replayed")
     assert balance(payers[0])[0] == 10_000 - 100
+
+
+@pytest.mark.django_db
+def test_a_request_no_batch_takes_in_time_leaves_the_queue_and_answers_503(
+        tenant_a: Tenant, payers: list[User], settings: Any) -> None:
+    """A leader that hangs (here: one that never runs) must not hold the others forever."""
+    settings.LEDGER_GROUP_COMMIT_WAIT_SECONDS = 0.2
+    committer = groupcommit.GroupCommitter()
+    committer._running = True  # a leader is busy elsewhere and never comes back
+    job = groupcommit.TransferJob(
+        claim=groupcommit.ClaimRequest(user=payers[0], key="stuck", fingerprint="f", method="POST",
+                                       path="/api/v1/transfers"), viewer=payers[0])
+    outcome = committer.submit(tenant_a, job)
+    assert isinstance(outcome.error, groupcommit.TransferQueueTimeout)
+    assert outcome.error.status == 503 and outcome.error.headers["Retry-After"] == "1"
+    assert list(committer._queue) == []  # it left the queue: no later leader will run it
+    assert Transfer.all_tenants.count() == 0

@@ -21,7 +21,9 @@ decide in the same round trip, and the batch would otherwise pay two Redis round
 
 If a batch fails as a whole (a database error), each of its jobs is retried alone in its own
 transaction, so one bad request cannot fail its neighbours; an error of a job alone reaches that client
-as a 500, with nothing stored (a retry with the same key runs again).
+as a 500, with nothing stored (a retry with the same key runs again). A request that no batch has taken
+within LEDGER_GROUP_COMMIT_WAIT_SECONDS (30 s: its leader hangs) leaves the queue and answers 503
+`transfer_queue_timeout` with `Retry-After`; nothing of it was done.
 """
 
 from __future__ import annotations
@@ -32,12 +34,13 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from rest_framework import serializers
 
 from tenants.models import Tenant, User
 from wallet.core.context import request_id_var
-from wallet.core.errors import PROBLEM_CONTENT_TYPE, ApiError, problem_body
+from wallet.core.errors import PROBLEM_CONTENT_TYPE, ApiError, ServiceUnavailable, problem_body
 from wallet.core.jsonutil import dumps
 from wallet.idempotency.api import is_storable
 from wallet.idempotency.services import (
@@ -54,6 +57,21 @@ from wallet.ledger.services import TransferRequest, transfers_execute
 logger = logging.getLogger("wallet.ledger.groupcommit")
 
 BATCH_MAX = 256
+
+
+def wait_seconds() -> float:
+    """How long a request waits for a batch to take it before answering 503 (a leader that hangs, e.g.
+    on a dead database connection, must not hold every other transfer of the process forever)."""
+    return float(getattr(settings, "LEDGER_GROUP_COMMIT_WAIT_SECONDS", 30.0))
+
+
+class TransferQueueTimeout(ServiceUnavailable):
+    code = "transfer_queue_timeout"
+    title = "The transfer could not be started in time; retry it with the same Idempotency-Key"
+
+    def __init__(self, retry_after: int = 1) -> None:
+        super().__init__(retry_after=retry_after)
+        self.headers["Retry-After"] = str(retry_after)
 JSON_CONTENT_TYPE = "application/json"
 
 
@@ -173,7 +191,14 @@ class GroupCommitter:
             leads = not self._running
             self._running = True
         if not leads:
-            job.event.wait()
+            if not job.event.wait(wait_seconds()):
+                with self._lock:
+                    queued = not job.lead and job in self._queue
+                    if queued:  # no batch has taken it (its leader hangs): give up, nothing was done
+                        self._queue.remove(job)
+                if queued:
+                    return Outcome(error=TransferQueueTimeout(retry_after=1))
+                job.event.wait()  # it is in a running batch (or was just made leader): that ends
             if not job.lead:
                 assert job.outcome is not None
                 return job.outcome

@@ -175,6 +175,8 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_TIME_LIMIT = 300
 # How long a process trusts a tenant's asset policy (limits, enabled) on the transfer path.
 LEDGER_POLICY_CACHE_SECONDS = float(os.environ.get("LEDGER_POLICY_CACHE_SECONDS", "2"))
+# How long a transfer request waits for a group-commit batch to take it before answering 503.
+LEDGER_GROUP_COMMIT_WAIT_SECONDS = float(os.environ.get("LEDGER_GROUP_COMMIT_WAIT_SECONDS", "30"))
 
 CELERY_BEAT_SCHEDULE: dict[str, dict] = {
     "expire-holds": {"task": "ledger.expire_holds_all", "schedule": 30.0},
