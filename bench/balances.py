@@ -30,9 +30,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import secrets
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -66,22 +64,8 @@ PACED_SCRIPT = Path(__file__).resolve().parent / "balances_paced.lua"
 
 
 def paced_wrk(url: str, headers: dict[str, str], *, rate: float, connections: int, seconds: int) -> WrkResult:
-    env = dict(os.environ)
-    env.update(BENCH_APP_KEY=headers["X-App-Key"], BENCH_AUTHORIZATION=headers["Authorization"],
-               BENCH_RATE=str(rate), BENCH_WRK_THREADS=str(THREADS))
-    argv = ["wrk", f"-t{THREADS}", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "-s", str(PACED_SCRIPT),
-            url]
-    completed = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=seconds + 60, check=False)
-    match = re.search(r"^BENCH_RESULT (.*)$", completed.stdout, re.MULTILINE)
-    if completed.returncode != 0 or match is None:
-        raise BenchError(f"wrk failed ({completed.returncode}) on {url}:\n{completed.stdout}{completed.stderr}")
-    fields = dict(item.split("=", 1) for item in match.group(1).split())
-    errors = {k: int(fields[k]) for k in ("connect", "read", "write", "status", "timeout")}
-    if any(errors.values()):
-        raise BenchError(f"wrk saw errors on {url}: {errors}\n{completed.stdout}")
-    return WrkResult(requests_per_second=int(fields["requests"]) / (int(fields["duration_us"]) / 1e6),
-                     p50_ms=float(fields["p50_us"]) / 1000, p99_ms=float(fields["p99_us"]) / 1000,
-                     requests=int(fields["requests"]), errors=errors)
+    return wrk(url, threads=THREADS, connections=connections, seconds=seconds, headers=headers,
+               script=PACED_SCRIPT, env={"BENCH_RATE": str(rate), "BENCH_WRK_THREADS": str(THREADS)})
 
 
 def loop_modes(env: dict[str, str], iterations: int = 2000) -> dict[str, float]:

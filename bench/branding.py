@@ -25,10 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import secrets
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -47,6 +44,7 @@ from bench.harness import (
     median,
     say,
     stop_on_sigterm,
+    wrk,
 )
 
 SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
@@ -56,27 +54,9 @@ THREADS = int(os.environ.get("BENCH_THREADS", "2"))
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "16"))
 EXPORT_RUNS = int(os.environ.get("BENCH_EXPORT_RUNS", "5"))
 WORKERS = 2
-_RESULT = re.compile(r"^BENCH_RESULT (.*)$", re.MULTILINE)
-
-
-def wrk_run(url: str, script: Path, env_extra: dict[str, str]) -> WrkResult:
-    """One wrk run (as bench.harness.wrk, with our script adding If-None-Match from the environment)."""
-    if shutil.which("wrk") is None:
-        raise BenchError("wrk is missing (.ci/services install installs it)")
-    env = {**os.environ, **env_extra}
-    argv = ["wrk", f"-t{THREADS}", f"-c{CONNECTIONS}", f"-d{SECONDS}s", "--timeout", "5s", "-s", str(script), url]
-    completed = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=SECONDS + 60, check=False)
-    match = _RESULT.search(completed.stdout)
-    if completed.returncode != 0 or match is None:
-        raise BenchError(f"wrk failed ({completed.returncode}) on {url}:\n{completed.stdout}{completed.stderr}")
-    fields = dict(item.split("=", 1) for item in match.group(1).split())
-    errors = {k: int(fields[k]) for k in ("connect", "read", "write", "status", "timeout")}
-    if any(errors.values()):
-        raise BenchError(f"wrk saw errors on {url}: {errors}\n{completed.stdout}")
-    requests = int(fields["requests"])
-    return WrkResult(requests_per_second=requests / (int(fields["duration_us"]) / 1e6),
-                     p50_ms=float(fields["p50_us"]) / 1000, p99_ms=float(fields["p99_us"]) / 1000,
-                     requests=requests, errors=errors)
+def wrk_run(url: str, script: Path, env_extra: dict[str, str], seconds: int) -> WrkResult:
+    """One wrk run with our script (it adds If-None-Match from the environment)."""
+    return wrk(url, threads=THREADS, connections=CONNECTIONS, seconds=seconds, script=script, env=env_extra)
 
 
 def seed_and_time_export(env: dict[str, str], slug: str, app_key: str, work_dir: Path) -> tuple[float, str]:
@@ -115,13 +95,8 @@ def seed_and_time_export(env: dict[str, str], slug: str, app_key: str, work_dir:
 
 def measure(name: str, url: str, script: Path, env_extra: dict[str, str], round_number: int) -> WrkResult:
     if WARMUP_SECONDS > 0:
-        global SECONDS
-        saved, SECONDS = SECONDS, WARMUP_SECONDS
-        try:
-            wrk_run(url, script, env_extra)
-        finally:
-            SECONDS = saved
-    result = wrk_run(url, script, env_extra)
+        wrk_run(url, script, env_extra, WARMUP_SECONDS)
+    result = wrk_run(url, script, env_extra, SECONDS)
     say(f"  round {round_number}/{ROUNDS} {name}: {result.requests_per_second:.0f} req/s, "
         f"p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms")
     return result

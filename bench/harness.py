@@ -172,13 +172,18 @@ class WrkResult:
     errors: dict[str, int]
 
 
-def wrk(url: str, *, threads: int, connections: int, seconds: int, headers: dict[str, str] | None = None) -> WrkResult:
-    """One wrk run against `url`; refuses a run with any non-2xx/3xx answer or socket error."""
+def wrk(url: str, *, threads: int, connections: int, seconds: int, headers: dict[str, str] | None = None,
+        script: Path = WRK_SCRIPT, env: dict[str, str] | None = None) -> WrkResult:
+    """One wrk run against `url`; refuses a run with any non-2xx/3xx answer or socket error.
+
+    `script` is a wrk Lua script that prints a `BENCH_RESULT` line as bench/wrk_report.lua does; `env`
+    adds environment variables for it (the default script sends `headers`' app key and authorization)."""
     if shutil.which("wrk") is None:
         raise BenchError("wrk is missing (.ci/services install installs it)")
-    env = dict(os.environ)
-    env["BENCH_APP_KEY"] = (headers or {}).get("X-App-Key", "")
-    env["BENCH_AUTHORIZATION"] = (headers or {}).get("Authorization", "")
+    run_env = dict(os.environ)
+    run_env["BENCH_APP_KEY"] = (headers or {}).get("X-App-Key", "")
+    run_env["BENCH_AUTHORIZATION"] = (headers or {}).get("Authorization", "")
+    run_env.update(env or {})
     argv = [
         "wrk",
         f"-t{threads}",
@@ -187,10 +192,10 @@ def wrk(url: str, *, threads: int, connections: int, seconds: int, headers: dict
         "--timeout",
         "5s",
         "-s",
-        str(WRK_SCRIPT),
+        str(script),
         url,
     ]
-    completed = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=seconds + 60, check=False)
+    completed = subprocess.run(argv, env=run_env, capture_output=True, text=True, timeout=seconds + 60, check=False)
     match = _RESULT.search(completed.stdout)
     if completed.returncode != 0 or match is None:
         raise BenchError(f"wrk failed ({completed.returncode}) on {url}:\n{completed.stdout}{completed.stderr}")

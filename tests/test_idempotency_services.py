@@ -302,3 +302,75 @@ def test_admin_is_read_only_and_hides_other_tenants(tenant_b: Tenant, records_of
     assert owner_b.get(f"{RECORDS}add/").status_code == 403
     assert owner_b.post(f"{RECORDS}{alice_record.pk}/delete/", {"post": "yes"}).status_code == 403
     assert IdempotencyRecord.all_tenants.filter(pk=alice_record.pk).exists()
+
+
+def _many(tenant: Tenant, *requests: tuple[User, str, str]) -> list[Any]:
+    from wallet.idempotency.services import ClaimRequest, idempotency_claim_many
+
+    return idempotency_claim_many(tenant=tenant, requests=[
+        ClaimRequest(user=user, key=key, fingerprint=fingerprint, method="POST", path="/api/v1/transfers")
+        for user, key, fingerprint in requests])
+
+
+def test_claim_many_answers_each_key_on_its_own(tenant_a: Tenant, user_a: User) -> None:
+    """One batch: a new key, a completed key (replay), a key of another request (422), the same key of
+    another user (independent)."""
+    from wallet.idempotency.services import Completion, idempotency_complete_many
+
+    with transaction.atomic():
+        (done,) = _many(tenant_a, (user_a, "done", "f1"))
+        idempotency_complete_many([Completion(claim=done, status=201, body=b'{"ok":1}',
+                                              content_type="application/json", location="/x")])
+    with transaction.atomic():
+        from tests.factories import UserFactory
+
+        colleague = UserFactory(tenant=tenant_a)
+        new, replay, reused, theirs = _many(tenant_a, (user_a, "new", "f2"), (user_a, "done", "f1"),
+                                            (user_a, "done-elsewhere", "f3"), (colleague, "done", "f1"))
+        assert new.record_id is not None and new.stored is None
+        assert theirs.record_id is not None and theirs.stored is None  # another user's key space
+        assert (replay.stored.status, replay.stored.body, replay.stored.location) == (201, b'{"ok":1}', "/x")
+        assert reused.record_id is not None  # a fresh key: claimed
+        idempotency_complete_many([Completion(claim=new, status=201, body=b"{}"),
+                                   Completion(claim=reused, status=409, body=b"{}"),
+                                   Completion(claim=theirs, status=201, body=b"{}")])
+    with transaction.atomic():
+        (changed,) = _many(tenant_a, (user_a, "done", "another-fingerprint"))
+        assert getattr(changed, "code", "") == "idempotency_key_reused"
+    with pytest.raises(ValueError):
+        with transaction.atomic():
+            _many(tenant_a, (user_a, "twice", "f"), (user_a, "twice", "f"))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_claim_many_answers_409_for_a_key_another_transaction_holds(tenant_a: Tenant, user_a: User) -> None:
+    """PostgreSQL: the advisory lock is tried, never waited for: 409 at once; SQLite serialises writers."""
+    import threading
+
+    from django.db import connection, connections
+
+    if connection.vendor != "postgresql":
+        pytest.skip("advisory locks are PostgreSQL's; SQLite transactions are serialised")
+    held, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        try:
+            with transaction.atomic():
+                _many(tenant_a, (user_a, "busy", "f"))
+                held.set()
+                release.wait(10)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    try:
+        assert held.wait(10)
+        with transaction.atomic():
+            busy, free = _many(tenant_a, (user_a, "busy", "f"), (user_a, "free", "f"))
+        assert getattr(busy, "code", "") == "idempotency_key_in_flight"
+        assert busy.headers["Retry-After"] == "1"
+        assert free.record_id is not None
+    finally:
+        release.set()
+        thread.join(10)

@@ -117,6 +117,23 @@ _RECIPIENT_SQL = {
 }
 
 
+_CONVERTERS: dict[str, list[tuple[str, Any, list[Any]]]] = {}
+
+
+def _user_converters(connection: Any) -> list[tuple[str, Any, list[Any]]]:
+    """Per database alias, once: each user column's attribute name, expression and value converters (what
+    the ORM applies when it builds a model from a row)."""
+    found = _CONVERTERS.get(connection.alias)
+    if found is None:
+        found = []
+        for field in _USER_FIELDS:
+            col = field.get_col(User._meta.db_table)
+            found.append((field.attname, col,
+                          connection.ops.get_db_converters(col) + field.get_db_converters(connection)))
+        _CONVERTERS[connection.alias] = found
+    return found
+
+
 def recipient_find(*, tenant: Tenant, email: str | None = None, handle: str | None = None) -> User:
     """An active user of the tenant by email or handle (case-insensitive)."""
     # lower(...) = lower(value): the form the unique indexes are built on (iexact's UPPER would scan).
@@ -134,11 +151,10 @@ def recipient_find(*, tenant: Tenant, email: str | None = None, handle: str | No
     user = None
     if row is not None:
         values = {}
-        for field, raw in zip(_USER_FIELDS, row, strict=True):
-            col = field.get_col(User._meta.db_table)
-            for converter in connection.ops.get_db_converters(col) + field.get_db_converters(connection):
+        for (attname, col, converters), raw in zip(_user_converters(connection), row, strict=True):
+            for converter in converters:
                 raw = converter(raw, col, connection)
-            values[field.attname] = raw
+            values[attname] = raw
         user = loaded(User, connection.alias, values, {"tenant": tenant})
     if user is None:
         raise RecipientNotFound()
