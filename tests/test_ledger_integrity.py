@@ -125,3 +125,25 @@ def test_fund_is_refused_in_production(tenant_a: Tenant, user_a: User, settings)
     with pytest.raises(CommandError, match="production"):
         call_command("fund", "tenant-a", "alice@example.com", "USD", "1", stdout=StringIO())
     assert balance(user_a) == (0, 0, 0)
+
+
+def test_ledger_verify_checks_the_tenant_and_asset_copied_onto_postings(transfer, tenant_a: Tenant,
+                                                                        tenant_b: Tenant) -> None:
+    """Postings carry their account's tenant and asset without a foreign-key constraint (hot parent rows):
+    ledger_verify is what catches a posting filed under another tenant or asset."""
+    eur = enable(tenant_a, "EUR")
+    posting = Posting.all_tenants.filter(entry_id=transfer.entry_id, amount=100).get()
+    ids = (lambda value: value.hex) if connection.vendor == "sqlite" else (lambda value: value)
+    _tamper("UPDATE ledger_posting SET asset_id = %s WHERE id = %s", [ids(eur.pk), posting.pk])
+    ok, output = _verify("--tenant", "tenant-a")
+    assert not ok
+    assert f"posting {posting.pk} of entry {transfer.entry_id}: tenant or asset differs" in output
+
+    _tamper("UPDATE ledger_posting SET asset_id = %s, tenant_id = %s WHERE id = %s",
+            [ids(posting.asset_id), ids(tenant_b.pk), posting.pk])
+    ok, output = _verify("--tenant", "tenant-a")
+    assert not ok
+    assert f"posting {posting.pk} on one of the tenant's accounts is recorded under another tenant" in output
+    ok, output = _verify("--tenant", "tenant-b")
+    assert not ok
+    assert f"posting {posting.pk} of entry {transfer.entry_id}: tenant or asset differs" in output

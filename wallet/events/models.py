@@ -22,6 +22,10 @@ class OutboxEvent(TenantOwned):
     the channel layer (at least once: a crash between the two re-publishes it).
     """
 
+    # Indexed by the (tenant, stream, seq) constraint, which leads with it; no constraint to the tenant row
+    # (every writer would key-share lock that one hot row).
+    tenant = models.ForeignKey("tenants.Tenant", on_delete=models.PROTECT, related_name="+", db_index=False,
+                               db_constraint=False)
     id = models.UUIDField(primary_key=True, default=uuid7, editable=False)
     stream = models.CharField(max_length=100)
     seq = models.BigIntegerField()

@@ -157,11 +157,16 @@ class JournalEntry(_AppendOnly, TenantOwned):
         DEPOSIT = "deposit", "Deposit"
         ADJUSTMENT = "adjustment", "Adjustment"
 
+    # Hot append-only table: no index of its own on tenant (the composite index/constraint below leads with
+    # it) and no foreign-key constraint to the tenant row, which every concurrent writer would otherwise
+    # key-share lock (see docs/ARCHITECTURE.md, "Write path"). The engine writes it; ledger_verify checks it.
+    tenant = models.ForeignKey("tenants.Tenant", on_delete=models.PROTECT, related_name="+", db_index=False,
+                               db_constraint=False)
     id = models.UUIDField(primary_key=True, default=uuid7, editable=False)
     seq = models.BigIntegerField(help_text="Position in the tenant's hash chain")
     kind = models.CharField(max_length=16, choices=Kind.choices)
     memo = models.CharField(max_length=200, blank=True)
-    reference = models.CharField(max_length=100, blank=True, db_index=True)
+    reference = models.CharField(max_length=100, blank=True)  # indexed in Meta (equality only: no LIKE index)
     reverses = models.OneToOneField("self", on_delete=models.PROTECT, null=True, blank=True,
                                     related_name="reversed_by")
     requested_by = models.ForeignKey(User, on_delete=models.PROTECT, null=True, blank=True, related_name="+")
@@ -173,16 +178,26 @@ class JournalEntry(_AppendOnly, TenantOwned):
         verbose_name_plural = "journal entries"
         ordering = ("-seq",)
         constraints = [models.UniqueConstraint(fields=["tenant", "seq"], name="entry_seq_unique_per_tenant")]
+        indexes = [models.Index(fields=["reference"], name="entry_reference")]
 
     def __str__(self) -> str:
         return f"#{self.seq} {self.kind}"
 
 
 class Posting(_AppendOnly, TenantOwned):
+    # Hot append-only table: no index of its own on tenant (the composite index/constraint below leads with
+    # it) and no foreign-key constraint to the tenant row, which every concurrent writer would otherwise
+    # key-share lock (see docs/ARCHITECTURE.md, "Write path"). The engine writes it; ledger_verify checks it.
+    tenant = models.ForeignKey("tenants.Tenant", on_delete=models.PROTECT, related_name="+", db_index=False,
+                               db_constraint=False)
     id = models.BigAutoField(primary_key=True)
     entry = models.ForeignKey(JournalEntry, on_delete=models.PROTECT, related_name="postings")
-    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="postings")
-    asset = models.ForeignKey(Asset, on_delete=models.PROTECT, related_name="+")
+    # Indexed by posting_account_time, which leads with it.
+    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="postings", db_index=False)
+    # The account's asset, copied for verification and reports: checked by ledger_verify, not by a
+    # constraint (the few asset rows are shared by every tenant: a hot parent row).
+    asset = models.ForeignKey(Asset, on_delete=models.PROTECT, related_name="+", db_index=False,
+                              db_constraint=False)
     amount = AmountField(help_text="Signed: positive credits the account, negative debits it")
     created_at = models.DateTimeField(default=timezone.now)
 
@@ -223,10 +238,17 @@ class Transfer(TenantOwned):
         COMPLETED = "completed", "Completed"
         REVERSED = "reversed", "Reversed"
 
+    # Hot table: tenant, sender and recipient are indexed by transfer_sender_time/transfer_recipient_time
+    # (which lead with the tenant); tenant and asset are not foreign-key constraints (hot parent rows,
+    # key-share locked by every writer otherwise): the service sets them from the checked request.
+    tenant = models.ForeignKey("tenants.Tenant", on_delete=models.PROTECT, related_name="+", db_index=False,
+                               db_constraint=False)
     id = models.UUIDField(primary_key=True, default=uuid7, editable=False)
-    sender = models.ForeignKey(User, on_delete=models.PROTECT, related_name="transfers_sent")
-    recipient = models.ForeignKey(User, on_delete=models.PROTECT, related_name="transfers_received")
-    asset = models.ForeignKey(Asset, on_delete=models.PROTECT, related_name="+")
+    sender = models.ForeignKey(User, on_delete=models.PROTECT, related_name="transfers_sent", db_index=False)
+    recipient = models.ForeignKey(User, on_delete=models.PROTECT, related_name="transfers_received",
+                                  db_index=False)
+    asset = models.ForeignKey(Asset, on_delete=models.PROTECT, related_name="+", db_index=False,
+                              db_constraint=False)
     amount = AmountField()
     memo = models.CharField(max_length=200, blank=True)
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.COMPLETED)

@@ -176,19 +176,11 @@ def transfers_execute(*, tenant: Tenant, requests: Sequence[TransferRequest]) ->
         for request in requests:
             pairs += [(request.sender.pk, request.asset.pk), (request.recipient.pk, request.asset.pk)]
         account_ids = user_accounts_ensure(tenant=tenant, pairs=pairs)
-        batch = LedgerBatch(tenant)
-        batch.lock(account_ids.values())
 
-        today = timezone.now().date()
-        limited = sorted({(r.sender.pk, r.asset.pk) for r in requests
-                          if isinstance(policies[r.asset.pk], TenantAsset)
-                          and policies[r.asset.pk].daily_limit_per_user is not None})
-        usage = _lock_daily_usage(tenant, limited, today)
-        used_before = {key: row.amount for key, row in usage.items()}
-
-        transfers: list[Transfer] = []
-        events: list[EventSpec] = []
+        # Everything that does not depend on balances is built before the accounts are locked, so that the
+        # locks are held for the checks and the writes only: drafts, transfer rows, their events.
         alias = connection.alias
+        prepared: list[tuple[int, TransferRequest, EntryDraft, Transfer, list[EventSpec]]] = []
         for index, request in enumerate(requests):
             policy = policies[request.asset.pk]
             try:
@@ -199,22 +191,13 @@ def transfers_execute(*, tenant: Tenant, requests: Sequence[TransferRequest]) ->
                 if policy.max_per_transfer is not None and request.amount > policy.max_per_transfer:
                     raise TransferLimitExceeded(maximum=str(policy.max_per_transfer), requested=str(request.amount),
                                                 decimals=request.asset.decimals)
-                key = (request.sender.pk, request.asset.pk)
-                if key in usage:
-                    limit = policy.daily_limit_per_user
-                    if usage[key].amount + request.amount > limit:
-                        raise DailyLimitExceeded(limit=str(limit), remaining=str(max(limit - usage[key].amount, 0)),
-                                                 requested=str(request.amount), decimals=request.asset.decimals)
-                source = account_ids[(request.sender.pk, request.asset.pk)]
-                target = account_ids[(request.recipient.pk, request.asset.pk)]
-                draft = EntryDraft(kind=JournalEntry.Kind.TRANSFER, memo=request.memo,
-                                   legs=[Leg(source, -request.amount), Leg(target, request.amount)])
-                batch.apply(draft)
             except ApiError as error:
                 results[index] = error
                 continue
-            if key in usage:
-                usage[key].amount += request.amount
+            source = account_ids[(request.sender.pk, request.asset.pk)]
+            target = account_ids[(request.recipient.pk, request.asset.pk)]
+            draft = EntryDraft(kind=JournalEntry.Kind.TRANSFER, memo=request.memo,
+                               legs=[Leg(source, -request.amount), Leg(target, request.amount)])
             transfer = loaded(Transfer, alias, {
                 "tenant_id": tenant.pk, "id": uuid7(), "sender_id": request.sender.pk,
                 "recipient_id": request.recipient.pk, "asset_id": request.asset.pk, "amount": request.amount,
@@ -222,13 +205,42 @@ def transfers_execute(*, tenant: Tenant, requests: Sequence[TransferRequest]) ->
                 "created_at": draft.created_at,
             }, {"sender": request.sender, "recipient": request.recipient, "asset": request.asset})
             draft.reference = f"transfer:{transfer.pk}"
+            payload = transfer_payload(transfer)
+            prepared.append((index, request, draft, transfer, [
+                EventSpec(stream=user_stream(request.sender.pk), type="transfer.completed",
+                          data={**payload, "direction": "out"}),
+                EventSpec(stream=user_stream(request.recipient.pk), type="transfer.completed",
+                          data={**payload, "direction": "in"}),
+            ]))
+
+        batch = LedgerBatch(tenant)
+        batch.lock(account_ids.values())
+        today = timezone.now().date()
+        limited = sorted({(r.sender.pk, r.asset.pk) for _, r, _, _, _ in prepared
+                          if policies[r.asset.pk].daily_limit_per_user is not None})  # type: ignore[union-attr]
+        usage = _lock_daily_usage(tenant, limited, today)
+        used_before = {key: row.amount for key, row in usage.items()}
+
+        transfers: list[Transfer] = []
+        events: list[EventSpec] = []
+        for index, request, draft, transfer, transfer_events in prepared:
+            policy = policies[request.asset.pk]
+            key = (request.sender.pk, request.asset.pk)
+            try:
+                if key in usage:
+                    limit = policy.daily_limit_per_user  # type: ignore[union-attr]
+                    if usage[key].amount + request.amount > limit:
+                        raise DailyLimitExceeded(limit=str(limit), remaining=str(max(limit - usage[key].amount, 0)),
+                                                 requested=str(request.amount), decimals=request.asset.decimals)
+                batch.apply(draft)
+            except ApiError as error:
+                results[index] = error
+                continue
+            if key in usage:
+                usage[key].amount += request.amount
             transfers.append(transfer)
             results[index] = transfer
-            payload = transfer_payload(transfer)
-            events.append(EventSpec(stream=user_stream(request.sender.pk), type="transfer.completed",
-                                    data={**payload, "direction": "out"}))
-            events.append(EventSpec(stream=user_stream(request.recipient.pk), type="transfer.completed",
-                                    data={**payload, "direction": "in"}))
+            events.extend(transfer_events)
         # Everything but the entries first: the ledger head is locked by flush(), for the entries only.
         if transfers:
             _transfers_insert(transfers, defer=batch.deferred)

@@ -6,9 +6,11 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from uuid import UUID
 
+from django.db.models import F
+
 from tenants.models import Tenant
 from wallet.ledger.engine import GENESIS_HASH, entry_hash
-from wallet.ledger.models import Account, Hold, JournalEntry, LedgerHead, Posting
+from wallet.ledger.models import Account, Hold, JournalEntry, LedgerHead, Posting, Transfer
 
 CHUNK = 2000
 
@@ -71,6 +73,18 @@ def ledger_verify(*, tenant: Tenant, max_problems: int = 100) -> VerifyReport:
     head = LedgerHead.objects.filter(tenant_id=tenant.pk).first()
     if head is not None and (head.seq, head.hash) != (last_seq, prev_hash):
         problem(f"ledger head at #{head.seq} does not match the last entry #{last_seq}")
+    # The tenant and asset copied onto postings (no foreign-key constraint: see Posting) must be those of
+    # the posting's account and entry.
+    foreign = (Posting.all_tenants.filter(tenant_id=tenant.pk)
+               .exclude(account__tenant_id=tenant.pk, account__asset_id=F("asset_id"), entry__tenant_id=tenant.pk))
+    for posting_id, entry_id in foreign.values_list("pk", "entry_id")[:max_problems]:
+        problem(f"posting {posting_id} of entry {entry_id}: tenant or asset differs from its account's or entry's")
+    for posting_id in (Posting.all_tenants.filter(account__tenant_id=tenant.pk).exclude(tenant_id=tenant.pk)
+                       .values_list("pk", flat=True)[:max_problems]):
+        problem(f"posting {posting_id} on one of the tenant's accounts is recorded under another tenant")
+    for transfer_id in (Transfer.all_tenants.filter(tenant_id=tenant.pk)
+                        .exclude(entry__tenant_id=tenant.pk).values_list("pk", flat=True)[:max_problems]):
+        problem(f"transfer {transfer_id}: its entry belongs to another tenant")
     held: dict[UUID, int] = defaultdict(int)
     for account_id, remaining in Hold.all_tenants.filter(tenant_id=tenant.pk, status=Hold.Status.ACTIVE
                                                          ).values_list("account_id", "remaining"):
