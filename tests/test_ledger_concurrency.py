@@ -105,3 +105,80 @@ def test_concurrent_transfers_cannot_exceed_the_daily_limit(tenant_a: Tenant) ->
     assert Counter(results) == {"ok": 3, "daily_limit_exceeded": 9}
     assert balance(sender)[0] == 100_000 - 900
     assert ledger_verify(tenant=tenant_a).ok
+
+
+def test_large_batches_queue_on_the_tenant_writer_lock_and_mix_with_single_transfers(
+        tenant_a: Tenant, settings) -> None:
+    """Batches of LEDGER_WRITER_LOCK_MIN_BATCH or more transfers wait for the tenant's writer lock before
+    they lock accounts; single transfers do not take it, and the two kinds together neither deadlock nor
+    lose anything."""
+    _require_postgres()
+    import time
+
+    from django.db import transaction
+
+    from wallet.ledger.engine import tenant_writer_lock
+
+    settings.LEDGER_WRITER_LOCK_MIN_BATCH = 4
+    usd = enable(tenant_a, "USD")
+    users = [UserFactory(tenant=tenant_a, email=f"w{i}@example.com") for i in range(6)]
+    for user in users:
+        fund(user, 10_000)
+
+    # Another transaction holds the writer lock: a batch of 4 waits, a single transfer does not.
+    holder_ready, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        try:
+            with transaction.atomic():
+                tenant_writer_lock(tenant_a)
+                holder_ready.set()
+                release.wait(10)
+        finally:
+            connections.close_all()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert holder_ready.wait(10)
+    done = threading.Event()
+
+    def big_batch() -> None:
+        try:
+            requests = [services.TransferRequest(users[i], users[i + 1], usd, 1) for i in range(4)]
+            assert all(isinstance(r, Transfer) for r in services.transfers_execute(tenant=tenant_a,
+                                                                                requests=requests))
+            done.set()
+        finally:
+            connections.close_all()
+
+    batcher = threading.Thread(target=big_batch)
+    batcher.start()
+    single = services.transfer_create(tenant=tenant_a, sender=users[5], recipient=users[0], asset=usd, amount=7)
+    assert single.pk is not None  # a single transfer went through while the writer lock was held
+    time.sleep(0.3)
+    assert not done.is_set()  # the batch is still waiting for the writer lock
+    release.set()
+    holder.join(10)
+    batcher.join(10)
+    assert done.is_set()
+
+    # Mixed traffic: large batches and single transfers over the same accounts.
+    def work(index: int) -> list:
+        rng = random.Random(index)
+        out = []
+        for _ in range(6):
+            if index % 2:
+                pairs = [rng.sample(users, 2) for _ in range(8)]
+                results = services.transfers_execute(tenant=tenant_a, requests=[
+                    services.TransferRequest(s, r, usd, rng.randint(1, 50)) for s, r in pairs])
+                out += [r.amount for r in results if isinstance(r, Transfer)]
+            else:
+                s, r = rng.sample(users, 2)
+                out.append(services.transfer_create(tenant=tenant_a, sender=s, recipient=r, asset=usd,
+                                                    amount=rng.randint(1, 50)).amount)
+        return out
+
+    results = _run(8, work)
+    assert len(results) == 4 * 6 * 8 + 4 * 6
+    assert sum(balance(u)[0] for u in users) == 60_000
+    assert ledger_verify(tenant=tenant_a).ok

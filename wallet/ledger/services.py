@@ -20,7 +20,7 @@ from tenants.models import Tenant, User
 from wallet.core.bulk import Statement, copy_rows, loaded
 from wallet.core.errors import ApiError
 from wallet.core.ids import uuid7
-from wallet.ledger.engine import EntryDraft, LedgerBatch, Leg, apply_single
+from wallet.ledger.engine import EntryDraft, LedgerBatch, Leg, apply_single, tenant_writer_lock
 from wallet.ledger.errors import (
     AlreadyReversed,
     AssetNotEnabled,
@@ -214,6 +214,8 @@ def transfers_execute(*, tenant: Tenant, requests: Sequence[TransferRequest]) ->
             ]))
 
         batch = LedgerBatch(tenant)
+        if 0 < settings.LEDGER_WRITER_LOCK_MIN_BATCH <= len(prepared):
+            tenant_writer_lock(tenant)
         batch.lock(account_ids.values())
         today = timezone.now().date()
         limited = sorted({(r.sender.pk, r.asset.pk) for _, r, _, _, _ in prepared

@@ -177,6 +177,10 @@ CELERY_TASK_TIME_LIMIT = 300
 LEDGER_POLICY_CACHE_SECONDS = float(os.environ.get("LEDGER_POLICY_CACHE_SECONDS", "2"))
 # How long a transfer request waits for a group-commit batch to take it before answering 503.
 LEDGER_GROUP_COMMIT_WAIT_SECONDS = float(os.environ.get("LEDGER_GROUP_COMMIT_WAIT_SECONDS", "30"))
+# Batches of at least this many transfers queue on their tenant's writer lock (PostgreSQL advisory lock)
+# before they lock accounts: large batches almost always share accounts, and one at a time is faster
+# than a convoy of half-locked batches (0 disables it). See wallet/ledger/engine.py, tenant_writer_lock.
+LEDGER_WRITER_LOCK_MIN_BATCH = int(os.environ.get("LEDGER_WRITER_LOCK_MIN_BATCH", "32"))
 
 CELERY_BEAT_SCHEDULE: dict[str, dict] = {
     "expire-holds": {"task": "ledger.expire_holds_all", "schedule": 30.0},
