@@ -29,7 +29,7 @@ from django.db.models import F, OuterRef, Subquery
 from django.utils import timezone
 
 from tenants.models import Tenant
-from wallet.core.bulk import Statement, copy_rows, loaded
+from wallet.core.bulk import Statement, copy_rows, hot_cursor, loaded
 from wallet.core.ids import uuid7
 from wallet.events import conf
 from wallet.events.models import OutboxEvent, StreamCursor
@@ -183,7 +183,7 @@ def _bump_cursors(connection: BaseDatabaseWrapper, tenant: Tenant, counts: dict[
         if notify is not None:
             prefix, join = "WITH wake AS (SELECT pg_notify(%s, '')) ", " CROSS JOIN wake"
             params.insert(0, notify)
-        with connection.cursor() as cursor:
+        with hot_cursor(connection) as cursor:
             cursor.execute(
                 f"{prefix}INSERT INTO {columns} SELECT %s, u.stream, u.count "  # noqa: S608 (constant identifiers)
                 f"FROM unnest(%s::text[], %s::bigint[]) WITH ORDINALITY AS u(stream, count, position){join} "

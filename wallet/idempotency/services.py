@@ -39,6 +39,7 @@ from django.db.transaction import TransactionManagementError
 from django.utils import timezone
 
 from tenants.models import Tenant, User
+from wallet.core.bulk import hot_cursor
 from wallet.core.errors import ApiError
 from wallet.idempotency import conf
 from wallet.idempotency.errors import IdempotencyKeyInFlight, IdempotencyKeyReused
@@ -346,7 +347,7 @@ def idempotency_claim_many(*, tenant: Tenant, requests: Sequence[ClaimRequest]) 
         [request.fingerprint for request in requests],
         tenant.pk, now, now + conf.ttl(),
     ]
-    with connection.cursor() as cursor:
+    with hot_cursor(connection) as cursor:
         cursor.execute(_claim_many_postgresql_sql(), params)
         rows = cursor.fetchall()
     results_by_pos: dict[int, Claim | ApiError] = {}
@@ -434,7 +435,7 @@ def idempotency_complete_many(completions: Sequence[Completion]) -> None:
         "AS v(id, status, body, content_type, location) "
         f"WHERE r.{column['id']} = v.id AND r.{column['response_status']} IS NULL"
     )
-    with connection.cursor() as cursor:
+    with hot_cursor(connection) as cursor:
         cursor.execute(sql, [[c.claim.record_id for c in completions], [c.status for c in completions],
                              [bytes(c.body) for c in completions], [c.content_type or "" for c in completions],
                              [c.location or "" for c in completions]])

@@ -31,7 +31,7 @@ from django.db import connection
 from django.utils import timezone
 
 from tenants.models import Tenant
-from wallet.core.bulk import Statement, copy_rows, execute_together, loaded
+from wallet.core.bulk import Statement, copy_rows, execute_together, hot_cursor, loaded
 from wallet.core.ids import uuid7
 from wallet.ledger.errors import InsufficientFunds, UnbalancedEntry
 from wallet.ledger.models import Account, Asset, JournalEntry, LedgerHead, Posting
@@ -99,7 +99,7 @@ def _head_locked(tenant: Tenant) -> LedgerHead | None:
     """The tenant's ledger head, locked until commit (plain SQL: it runs in every ledger transaction)."""
     # SQLite has no row locks: its transactions are IMMEDIATE, writers are serialised anyway.
     sql = _HEAD_LOCK_SQL + (" FOR UPDATE" if connection.vendor == "postgresql" else "")
-    with connection.cursor() as cursor:
+    with hot_cursor(connection) as cursor:
         cursor.execute(sql, [_head_tenant_id(tenant)])
         row = cursor.fetchone()
     if row is None:
@@ -180,7 +180,7 @@ class LedgerBatch:
         """PostgreSQL: the same lock as the ORM query, from plain rows (the ORM's per-row cost dominated
         large batches); assets come from a per-process cache (they are never deleted, and the fields read
         here, code and decimals, do not change)."""
-        with connection.cursor() as cursor:
+        with hot_cursor(connection) as cursor:
             cursor.execute(_LOCK_SQL, [self.tenant.pk, wanted])
             rows = cursor.fetchall()
         alias = connection.alias

@@ -12,7 +12,7 @@ from django.db.models import Q, QuerySet
 
 from tenants.models import Tenant, User
 from tenants.scoping import access_by_id
-from wallet.core.bulk import loaded
+from wallet.core.bulk import hot_cursor, loaded
 from wallet.ledger.errors import AssetNotEnabled, RecipientNotFound, UnknownAsset
 from wallet.ledger.models import Account, Asset, Hold, Posting, TenantAsset, Transfer
 
@@ -145,7 +145,7 @@ def recipient_find(*, tenant: Tenant, email: str | None = None, handle: str | No
     else:
         raise RecipientNotFound()
     connection = connections[router.db_for_read(User) or "default"]
-    with connection.cursor() as cursor:
+    with hot_cursor(connection) as cursor:
         cursor.execute(_RECIPIENT_SQL[column], [_TENANT_FIELD.get_db_prep_value(tenant.pk, connection), value])
         row = cursor.fetchone()
     user = None
