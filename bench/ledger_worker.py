@@ -239,11 +239,13 @@ def worker_main(index: int, commands: Queue, results: Queue) -> None:
 
     from tenants.models import User
     from wallet.core.errors import ApiError
+    from wallet.core.runtime import process_tune
     from wallet.ledger.models import Asset
     from wallet.ledger.services import TransferRequest, transfers_execute
 
     asset = Asset.objects.get(code="USD")
     users_by_tenant: dict[str, list[Any]] = {}
+    process_tune()  # as a production process of the app does once loaded (wallet/wsgi.py)
     results.put({"worker": index, "ready": True})
 
     def users_of(tenant_id: str) -> tuple[Any, list[Any]]:

@@ -69,11 +69,25 @@ class InvalidEventError(ValueError):
 @dataclass(frozen=True, slots=True)
 class EventSpec:
     """One event to emit: its stream (`user_stream(...)` or `tenant_stream(...)`), its type (e.g.
-    `"account.balance_changed"`) and its JSON data."""
+    `"account.balance_changed"`) and its JSON data.
+
+    `EventSpec.prepared(...)` also fixes the event id and encodes the data up front, so that a caller
+    holding locks later (the ledger builds its `transfer.completed` events before locking accounts)
+    spends none of that time under them."""
 
     stream: str
     type: str
     data: dict[str, Any]
+    id: uuid.UUID | None = None
+    encoded: str | None = None
+
+    @classmethod
+    def prepared(cls, *, stream: str, type: str, data: dict[str, Any]) -> EventSpec:
+        try:
+            encoded = _encode(data)
+        except (TypeError, ValueError) as exc:
+            raise InvalidEventError(f"event data of {type!r} is not JSON serializable: {exc}") from exc
+        return cls(stream=stream, type=type, data=data, id=uuid7(), encoded=encoded)
 
 
 def events_emit(*, tenant: Tenant, events: Sequence[EventSpec], returning: bool = True,
@@ -114,7 +128,7 @@ def events_emit(*, tenant: Tenant, events: Sequence[EventSpec], returning: bool 
     for spec in events:
         seqs.append(next_seq[spec.stream])
         next_seq[spec.stream] += 1
-    ids = [uuid7() for _ in events]
+    ids = [spec.id or uuid7() for spec in events]
     now = timezone.now()
     if connection.vendor == "postgresql":
         rows = _copy_events(connection, tenant, events, ids, seqs, encoded, now, returning, defer)
@@ -154,6 +168,9 @@ def _validate(tenant: Tenant, events: Sequence[EventSpec]) -> tuple[dict[str, in
             raise InvalidEventError(f"event type must be 1-{_TYPE_MAX_LENGTH} characters, got {spec.type!r}")
         if not isinstance(spec.data, dict):
             raise InvalidEventError(f"event data must be a dict, got {type(spec.data).__name__}")
+        if spec.encoded is not None:
+            encoded.append(spec.encoded)
+            continue
         try:
             encoded.append(_encode(spec.data))
         except (TypeError, ValueError) as exc:

@@ -180,7 +180,9 @@ def transfers_execute(*, tenant: Tenant, requests: Sequence[TransferRequest]) ->
         # Everything that does not depend on balances is built before the accounts are locked, so that the
         # locks are held for the checks and the writes only: drafts, transfer rows, their events.
         alias = connection.alias
+        postgresql = connection.vendor == "postgresql"
         prepared: list[tuple[int, TransferRequest, EntryDraft, Transfer, list[EventSpec]]] = []
+        rows: dict[UUID, list[Any]] = {}  # PostgreSQL: each transfer's row, ready for COPY
         for index, request in enumerate(requests):
             policy = policies[request.asset.pk]
             try:
@@ -205,12 +207,14 @@ def transfers_execute(*, tenant: Tenant, requests: Sequence[TransferRequest]) ->
                 "created_at": draft.created_at,
             }, {"sender": request.sender, "recipient": request.recipient, "asset": request.asset})
             draft.reference = f"transfer:{transfer.pk}"
+            if postgresql:
+                rows[transfer.pk] = [transfer.__dict__[name] for name in _TRANSFER_FIELDS]
             payload = transfer_payload(transfer)
             prepared.append((index, request, draft, transfer, [
-                EventSpec(stream=user_stream(request.sender.pk), type="transfer.completed",
-                          data={**payload, "direction": "out"}),
-                EventSpec(stream=user_stream(request.recipient.pk), type="transfer.completed",
-                          data={**payload, "direction": "in"}),
+                EventSpec.prepared(stream=user_stream(request.sender.pk), type="transfer.completed",
+                                   data={**payload, "direction": "out"}),
+                EventSpec.prepared(stream=user_stream(request.recipient.pk), type="transfer.completed",
+                                   data={**payload, "direction": "in"}),
             ]))
 
         batch = LedgerBatch(tenant)
@@ -245,7 +249,7 @@ def transfers_execute(*, tenant: Tenant, requests: Sequence[TransferRequest]) ->
             events.extend(transfer_events)
         # Everything but the entries first: the ledger head is locked by flush(), for the entries only.
         if transfers:
-            _transfers_insert(transfers, defer=batch.deferred)
+            _transfers_insert(transfers, defer=batch.deferred, rows=[rows[t.pk] for t in transfers] if rows else None)
         changed = [row for key, row in usage.items() if row.amount != used_before[key]]
         if changed:
             DailyUsage.all_tenants.bulk_update(changed, ["amount"])
@@ -257,11 +261,14 @@ def transfers_execute(*, tenant: Tenant, requests: Sequence[TransferRequest]) ->
 _TRANSFER_FIELDS = tuple(field.attname for field in Transfer._meta.concrete_fields)
 
 
-def _transfers_insert(transfers: Sequence[Transfer], defer: list[Statement] | None = None) -> None:
-    """Insert transfers built by `loaded` (INSERT or COPY on PostgreSQL, possibly deferred to the flush)."""
+def _transfers_insert(transfers: Sequence[Transfer], defer: list[Statement] | None = None,
+                      rows: list[list[Any]] | None = None) -> None:
+    """Insert transfers built by `loaded` (INSERT or COPY on PostgreSQL, possibly deferred to the flush);
+    `rows`, when given, are their column values already (built before the caller took its locks)."""
     if connection.vendor == "postgresql":
-        copy_rows(connection, Transfer, _TRANSFER_FIELDS,
-                  [[transfer.__dict__[name] for name in _TRANSFER_FIELDS] for transfer in transfers], defer=defer)
+        if rows is None:
+            rows = [[transfer.__dict__[name] for name in _TRANSFER_FIELDS] for transfer in transfers]
+        copy_rows(connection, Transfer, _TRANSFER_FIELDS, rows, defer=defer)
         return
     for transfer in transfers:
         transfer._state.adding = True
