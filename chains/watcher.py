@@ -37,7 +37,7 @@ from chains import metrics
 from chains.clients import client_for
 from chains.conf import setting
 from chains.models import BlockRecord, Chain, ChainCursor, Deposit, DepositAddress, LinkedWallet, TenantChain, Token
-from chains.rpc import RpcClient, RpcError, to_int
+from chains.rpc import RpcClient, RpcError, RpcResponseError, is_unsupported, to_int
 from tenants.models import Tenant
 from wallet.events.services import EventSpec, events_emit
 from wallet.events.streams import user_stream
@@ -94,10 +94,17 @@ def deposit_payload(deposit: Deposit, chain: Chain | None = None) -> dict[str, A
         "block_number": deposit.block_number, "block_hash": deposit.block_hash, "from": deposit.from_address,
         "to": deposit.to_address, "address_kind": deposit.address_kind, "asset": deposit.asset.code,
         "decimals": deposit.asset.decimals, "amount": str(deposit.amount), "status": deposit.status,
+        "direction": deposit.direction,
         "confirmations": deposit.confirmations, "required_confirmations": chain.confirmations,
         "entry_id": str(deposit.entry_id) if deposit.entry_id else None,
         "reversal_id": str(deposit.reversal_id) if deposit.reversal_id else None,
     }
+
+
+def event_type(deposit: Deposit) -> str:
+    """`deposit.<status>` for an incoming transfer, `outgoing.<status>` for one from a watched address."""
+    prefix = "deposit" if deposit.direction == Deposit.Direction.IN else "outgoing"
+    return f"{prefix}.{deposit.status}"
 
 
 class ChainWatcher:
@@ -118,6 +125,8 @@ class ChainWatcher:
         self.last_head: int | None = None
         self.head_changed_at = time.monotonic()
         self.stale_alarmed = False
+        self.native_mode: str | None = None
+        self.native_mode_source: str | None = None
         # Test hook: called after each committed chunk with its last block (a crash there must lose nothing).
         self.after_chunk: Any = None
 
@@ -287,7 +296,7 @@ class ChainWatcher:
             deposit.status = Deposit.Status.REORGED
             deposit.reorged_at = timezone.now()
             deposit.save(update_fields=["status", "reorged_at", "reversal"])
-            events_emit(tenant=tenant, events=[EventSpec(stream=user_stream(deposit.user_id), type="deposit.reorged",
+            events_emit(tenant=tenant, events=[EventSpec(stream=user_stream(deposit.user_id), type=event_type(deposit),
                                                          data=deposit_payload(deposit))])
 
     def _tenant(self, tenant_id: Any) -> Tenant:
@@ -308,15 +317,23 @@ class ChainWatcher:
                 self.after_chunk(chunk_end)
         return found
 
-    def _fetch_blocks(self, start: int, end: int, head: int) -> dict[int, dict[str, Any]]:
+    def _native_mode(self) -> str:
+        """`traces` or `bodies` (`auto` becomes `traces` until the node says it has no `trace_filter`)."""
+        if self.native_mode is None or self.native_mode_source != self.chain.native_source:
+            self.native_mode_source = self.chain.native_source
+            self.native_mode = "bodies" if self.chain.native_source == Chain.NativeSource.BODIES else "traces"
+        return self.native_mode
+
+    def _many(self) -> bool:
+        return len(self.watch) > setting("CHAINS_LOG_FILTER_MAX_ADDRESSES")
+
+    def _fetch_blocks(self, start: int, end: int, head: int, full: bool) -> dict[int, dict[str, Any]]:
+        """Block bodies of the whole chunk when `full` (native transfers from bodies), else the headers of the
+        chunk's blocks inside the reorg window (their hashes are kept)."""
         window_floor = head - self.chain.reorg_window + 1
-        if self.chain.scan_native and self.watch:
-            numbers = list(range(start, end + 1))
-        else:
-            numbers = list(range(max(start, window_floor), end + 1))
+        numbers = list(range(start if full else max(start, window_floor), end + 1))
         if not numbers:
             return {}
-        full = self.chain.scan_native and bool(self.watch)
         blocks = self.client.batch([("eth_getBlockByNumber", [hex(n), full]) for n in numbers], max_batch=200)
         out = {}
         for number, block in zip(numbers, blocks, strict=True):
@@ -326,17 +343,102 @@ class ChainWatcher:
         return out
 
     def _fetch_logs(self, start: int, end: int) -> list[dict[str, Any]]:
+        """`Transfer` logs of the registered tokens to or from watched addresses (filtered by the node for a
+        few addresses: one query per direction; by topic only for many, matched in Python)."""
         if not self.tokens or not self.watch:
             return []
         contracts = sorted(self.tokens)
-        if len(self.watch) <= setting("CHAINS_LOG_FILTER_MAX_ADDRESSES"):
-            recipients = ["0x" + "0" * 24 + a[2:] for a in sorted(self.watch)]
-            return self.client.get_logs(from_block=start, to_block=end, address=contracts,
-                                        topics=[TRANSFER_TOPIC, None, recipients])
-        return self.client.get_logs(from_block=start, to_block=end, address=contracts, topics=[TRANSFER_TOPIC])
+        if self._many():
+            return self.client.get_logs(from_block=start, to_block=end, address=contracts, topics=[TRANSFER_TOPIC])
+        padded = ["0x" + "0" * 24 + a[2:] for a in sorted(self.watch)]
+        incoming = self.client.get_logs(from_block=start, to_block=end, address=contracts,
+                                        topics=[TRANSFER_TOPIC, None, padded])
+        outgoing = self.client.get_logs(from_block=start, to_block=end, address=contracts,
+                                        topics=[TRANSFER_TOPIC, padded])
+        seen = {(log["transactionHash"], log["logIndex"]) for log in incoming}
+        return incoming + [log for log in outgoing if (log["transactionHash"], log["logIndex"]) not in seen]
+
+    def _native_from_traces(self, start: int, end: int) -> list[Found]:
+        """Native transfers to or from watched addresses from `trace_filter`: top-level transactions and
+        internal calls with value (a contract paying out), skipping failed calls and calls under a failed one."""
+        addresses = None if self._many() else sorted(self.watch)
+        queries = [{"to_addresses": addresses}, {"from_addresses": addresses}] if addresses else [{}]
+        traces: dict[tuple[str, tuple[int, ...]], dict[str, Any]] = {}
+        for query in queries:
+            for trace in self.client.trace_filter(from_block=start, to_block=end, **query):
+                traces.setdefault((trace.get("transactionHash") or "", tuple(trace.get("traceAddress") or ())), trace)
+        watch = self.watch
+        matched = []
+        for (tx_hash, path), trace in traces.items():
+            action = trace.get("action") or {}
+            if trace.get("type") != "call" or action.get("callType", "call") != "call" or not tx_hash:
+                continue
+            value = to_int(action.get("value"))
+            sender, to = (action.get("from") or "").lower(), (action.get("to") or "").lower()
+            if value <= 0 or (sender not in watch and to not in watch) or trace.get("error"):
+                continue
+            matched.append((tx_hash, path, trace, sender, to, value))
+        # An internal call counts only if no call above it failed; its index is its place in the transaction's
+        # traces (the top-level call is the first: -1, as from a block body).
+        internal_txs = sorted({tx for tx, path, *_ in matched if path})
+        positions: dict[str, dict[tuple[int, ...], tuple[int, bool]]] = {}
+        if internal_txs:
+            replies = self.client.batch([("trace_transaction", [tx]) for tx in internal_txs])
+            for tx_hash, full in zip(internal_txs, replies, strict=True):
+                failed = {tuple(t.get("traceAddress") or ()) for t in full or () if t.get("error")}
+                positions[tx_hash] = {
+                    tuple(t.get("traceAddress") or ()): (i, any(tuple(t.get("traceAddress") or ())[:k] in failed
+                                                              for k in range(len(t.get("traceAddress") or ()))))
+                    for i, t in enumerate(full or ())}
+        found = []
+        for tx_hash, path, trace, sender, to, value in matched:
+            index = 0
+            if path:
+                position = positions.get(tx_hash, {}).get(path)
+                if position is None or position[1]:
+                    continue
+                index = position[0]
+            found.append(Found(tx_hash, NATIVE_LOG_INDEX - index, to_int(trace.get("blockNumber")),
+                               trace.get("blockHash") or "", sender, to, self.chain.native_asset_id, value))
+        return found
+
+    def _native_from_bodies(self, blocks: dict[int, dict[str, Any]]) -> list[Found]:
+        """Native transfers to or from watched addresses among the blocks' top-level transactions (a reverted
+        one, told by its receipt, moved nothing)."""
+        watch = self.watch
+        found = []
+        for number, block in blocks.items():
+            for tx in block.get("transactions") or ():
+                if not isinstance(tx, dict):
+                    continue
+                sender, to = (tx.get("from") or "").lower(), (tx.get("to") or "").lower()
+                if (to in watch or sender in watch) and to:
+                    value = to_int(tx.get("value"))
+                    if value > 0:
+                        found.append(Found(tx["hash"], NATIVE_LOG_INDEX, number, block["hash"], sender, to,
+                                           self.chain.native_asset_id, value))
+        if found:
+            receipts = self.client.batch([("eth_getTransactionReceipt", [f.tx_hash]) for f in found])
+            found = [f for f, r in zip(found, receipts, strict=True) if r is None or to_int(r.get("status", "0x1"))]
+        return found
 
     def _scan_chunk(self, start: int, end: int, head: int) -> int:
-        blocks = self._fetch_blocks(start, end, head)
+        native = bool(self.chain.scan_native and self.watch and self.chain.native_asset_id)
+        natives: list[Found] = []
+        bodies = native and self._native_mode() == "bodies"
+        if native and not bodies:
+            try:
+                natives = self._native_from_traces(start, end)
+            except RpcResponseError as exc:
+                if self.chain.native_source != Chain.NativeSource.AUTO or not is_unsupported(exc):
+                    raise
+                logger.warning("the node has no trace_filter; reading block bodies",
+                               extra={"chain_id": self.chain.chain_id, "error": str(exc)})
+                self.native_mode = "bodies"
+                bodies = True
+        blocks = self._fetch_blocks(start, end, head, full=bodies)
+        if bodies:
+            natives = self._native_from_bodies(blocks)
         logs = self._fetch_logs(start, end)
         # Continuity inside the chunk and against the stored block below it.
         previous = BlockRecord.objects.filter(chain=self.chain, number=start - 1).values_list("hash", flat=True).first()
@@ -347,24 +449,17 @@ class ChainWatcher:
                 raise ReorgDuringScan(f"block {number} does not follow {expected}")
         found: list[Found] = []
         watch = self.watch
-        native_asset_id = self.chain.native_asset_id
-        if self.chain.scan_native and watch and native_asset_id:
-            for number, block in blocks.items():
-                for tx in block.get("transactions") or ():
-                    if not isinstance(tx, dict):
-                        continue
-                    to = tx.get("to")
-                    if to and to.lower() in watch:
-                        value = to_int(tx.get("value"))
-                        if value > 0:
-                            found.append(Found(tx["hash"], NATIVE_LOG_INDEX, number, block["hash"],
-                                               (tx.get("from") or "").lower(), to.lower(), native_asset_id, value))
+        for item in natives:
+            if item.block_number in blocks and blocks[item.block_number]["hash"] != item.block_hash:
+                raise ReorgDuringScan(f"trace of block {item.block_number} has another block hash")
+            found.append(item)
         for log in logs:
             topics = log.get("topics") or ()
             if len(topics) != 3 or topics[0] != TRANSFER_TOPIC or log.get("removed"):
                 continue
             to = "0x" + topics[2][-40:].lower()
-            if to not in watch:
+            sender = "0x" + topics[1][-40:].lower()
+            if to not in watch and sender not in watch:
                 continue
             token = self.tokens.get(log["address"].lower())
             if token is None:
@@ -377,7 +472,7 @@ class ChainWatcher:
             if amount <= 0:
                 continue
             found.append(Found(log["transactionHash"], to_int(log["logIndex"]), number, log["blockHash"],
-                               "0x" + topics[1][-40:].lower(), to, token.asset_id, amount))
+                               sender, to, token.asset_id, amount))
         window_floor = head - self.chain.reorg_window + 1
         records = [BlockRecord(chain=self.chain, number=n, hash=b["hash"], parent_hash=b["parentHash"])
                    for n, b in blocks.items() if n >= window_floor]
@@ -395,28 +490,38 @@ class ChainWatcher:
         return len(found)
 
     def _record(self, found: Iterable[Found], head: int) -> None:
-        """Insert new deposits (and revive ones a reorg removed that came back), with `deposit.seen` events."""
+        """Insert new deposits (incoming) and outgoing transfers of watched addresses (and revive ones a reorg
+        removed that came back), with `deposit.seen` / `outgoing.seen` events."""
         rows: list[Deposit] = []
         for item in found:
-            for owner in self.watch.get(item.to_address, ()):
-                if (owner.tenant_id, item.asset_id) not in self.offered:
-                    continue
-                rows.append(Deposit(tenant_id=owner.tenant_id, user_id=owner.user_id, address_kind=owner.kind,
-                                    chain=self.chain, tx_hash=item.tx_hash.lower(), log_index=item.log_index,
-                                    block_number=item.block_number, block_hash=item.block_hash,
-                                    from_address=item.from_address, to_address=item.to_address,
-                                    asset=self.assets[item.asset_id], amount=item.amount,
-                                    confirmations=max(0, head - item.block_number + 1)))
+            for direction, address in ((Deposit.Direction.IN, item.to_address),
+                                       (Deposit.Direction.OUT, item.from_address)):
+                for owner in self.watch.get(address, ()):
+                    if (owner.tenant_id, item.asset_id) not in self.offered:
+                        continue
+                    rows.append(Deposit(tenant_id=owner.tenant_id, user_id=owner.user_id, address_kind=owner.kind,
+                                        chain=self.chain, tx_hash=item.tx_hash.lower(), log_index=item.log_index,
+                                        direction=direction, block_number=item.block_number,
+                                        block_hash=item.block_hash, from_address=item.from_address,
+                                        to_address=item.to_address, asset=self.assets[item.asset_id],
+                                        amount=item.amount, confirmations=max(0, head - item.block_number + 1)))
         if not rows:
             return
-        keys = {(r.tenant_id, r.tx_hash, r.log_index) for r in rows}
-        existing = {(d.tenant_id, d.tx_hash, d.log_index): d for d in Deposit.all_tenants.select_for_update().filter(
-            chain=self.chain, tx_hash__in={k[1] for k in keys})}
-        new_rows = [r for r in rows if (r.tenant_id, r.tx_hash, r.log_index) not in existing]
-        revived = []
+
+        def key(d: Deposit) -> tuple[Any, ...]:
+            return d.tenant_id, d.tx_hash, d.log_index, d.direction
+
+        existing = {key(d): d for d in Deposit.all_tenants.select_for_update().filter(
+            chain=self.chain, tx_hash__in={r.tx_hash for r in rows})}
+        new_rows, revived, keys = [], [], set()
         for row in rows:
-            old = existing.get((row.tenant_id, row.tx_hash, row.log_index))
-            if old is not None and old.status == Deposit.Status.REORGED:
+            if key(row) in keys:  # the same address twice in one set of owners: one row
+                continue
+            keys.add(key(row))
+            old = existing.get(key(row))
+            if old is None:
+                new_rows.append(row)
+            elif old.status == Deposit.Status.REORGED:
                 old.block_number, old.block_hash = row.block_number, row.block_hash
                 old.status, old.entry, old.reversal = Deposit.Status.SEEN, None, None
                 old.confirmations = row.confirmations
@@ -427,8 +532,8 @@ class ChainWatcher:
         by_tenant: dict[Any, list[EventSpec]] = {}
         for deposit in new_rows + revived:
             by_tenant.setdefault(deposit.tenant_id, []).append(
-                EventSpec(stream=user_stream(deposit.user_id), type="deposit.seen", data=deposit_payload(deposit,
-                                                                                                        self.chain)))
+                EventSpec(stream=user_stream(deposit.user_id), type=event_type(deposit),
+                          data=deposit_payload(deposit, self.chain)))
         for tenant_id, events in by_tenant.items():
             events_emit(tenant=self._tenant(tenant_id), events=events)
 
@@ -469,14 +574,22 @@ class ChainWatcher:
             final_rows = [d for d in rows if head - d.block_number + 1 >= required
                           or (finalized is not None and d.block_number <= finalized)]
             externals: dict[Any, Any] = {}
-            targets = user_accounts_ensure(tenant=tenant, pairs=sorted({(d.user_id, d.asset_id) for d in final_rows}))
+            targets = user_accounts_ensure(tenant=tenant, pairs=sorted({(d.user_id, d.asset_id) for d in final_rows
+                                                                        if d.direction == Deposit.Direction.IN}))
             now = timezone.now()
             for deposit in rows:
                 deposit.confirmations = max(head - deposit.block_number + 1, deposit.confirmations)
                 if deposit not in final_rows:
                     deposit.status = Deposit.Status.CONFIRMING
                     deposit.save(update_fields=["status", "confirmations"])
-                    events.append(EventSpec(stream=user_stream(deposit.user_id), type="deposit.confirming",
+                    events.append(EventSpec(stream=user_stream(deposit.user_id), type=event_type(deposit),
+                                            data=deposit_payload(deposit, self.chain)))
+                    continue
+                if deposit.direction == Deposit.Direction.OUT:  # activity only: the ledger is not touched
+                    deposit.status = Deposit.Status.FINAL
+                    deposit.final_at = now
+                    deposit.save(update_fields=["status", "confirmations", "final_at"])
+                    events.append(EventSpec(stream=user_stream(deposit.user_id), type=event_type(deposit),
                                             data=deposit_payload(deposit, self.chain)))
                     continue
                 external = externals.get(deposit.asset_id)
@@ -493,7 +606,7 @@ class ChainWatcher:
                 deposit.status = Deposit.Status.FINAL
                 deposit.final_at = now
                 deposit.save(update_fields=["status", "confirmations", "entry", "final_at"])
-                events.append(EventSpec(stream=user_stream(deposit.user_id), type="deposit.final",
+                events.append(EventSpec(stream=user_stream(deposit.user_id), type=event_type(deposit),
                                         data=deposit_payload(deposit, self.chain)))
                 finals += 1
             if events:

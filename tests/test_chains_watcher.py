@@ -21,7 +21,13 @@ from wallet.ledger.models import Account, JournalEntry
 from wallet.ledger.verify import ledger_verify
 
 pytestmark = [pytest.mark.anvil, pytest.mark.django_db]
-anvil, chain_env = fixtures.anvil, fixtures.chain_env
+anvil = fixtures.anvil
+
+
+@pytest.fixture(params=["traces", "bodies"])
+def chain_env(anvil: Any, tenant_a: Tenant, request: Any) -> ChainEnv:
+    """Every watcher test with native transfers read from `trace_filter` and from block bodies."""
+    return fixtures.chain_env_for(anvil, tenant_a, native_source=request.param)
 
 
 def balance(user: User, code: str) -> int:
