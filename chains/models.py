@@ -219,6 +219,8 @@ class Deposit(TenantOwned):
     confirmations = models.PositiveIntegerField(default=0)
     entry = models.ForeignKey(JournalEntry, on_delete=models.PROTECT, null=True, blank=True, related_name="+")
     reversal = models.ForeignKey(JournalEntry, on_delete=models.PROTECT, null=True, blank=True, related_name="+")
+    shortfall = AmountField(default=0, help_text="Part of a reversed credit the user had already spent (debited to "
+                                                 "the tenant's suspense account)")
     seen_at = models.DateTimeField(default=timezone.now)
     final_at = models.DateTimeField(null=True, blank=True)
     reorged_at = models.DateTimeField(null=True, blank=True)

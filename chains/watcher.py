@@ -43,7 +43,7 @@ from wallet.events.services import EventSpec, events_emit
 from wallet.events.streams import user_stream
 from wallet.ledger.engine import EntryDraft, Leg, apply_single
 from wallet.ledger.errors import InsufficientFunds
-from wallet.ledger.models import Account, JournalEntry, TenantAsset
+from wallet.ledger.models import Account, JournalEntry, Posting, TenantAsset
 from wallet.ledger.services import entry_reverse, system_account, user_accounts_ensure
 
 logger = logging.getLogger("chains.watcher")
@@ -98,6 +98,7 @@ def deposit_payload(deposit: Deposit, chain: Chain | None = None) -> dict[str, A
         "confirmations": deposit.confirmations, "required_confirmations": chain.confirmations,
         "entry_id": str(deposit.entry_id) if deposit.entry_id else None,
         "reversal_id": str(deposit.reversal_id) if deposit.reversal_id else None,
+        "shortfall": str(deposit.shortfall),
     }
 
 
@@ -284,20 +285,44 @@ class ChainWatcher:
         tenant = self._tenant(deposit.tenant_id)
         with transaction.atomic():
             if deposit.entry_id and not deposit.reversal_id:
-                try:
-                    entry = JournalEntry.all_tenants.get(pk=deposit.entry_id)
-                    deposit.reversal = entry_reverse(tenant=tenant, entry=entry, requested_by=None,
-                                                     memo=f"Reorg removed deposit {deposit.tx_hash}")
-                except InsufficientFunds:
-                    # The user already spent it: the reversal waits for funds (reported, never forced negative).
-                    logger.critical("reorged deposit cannot be reversed: insufficient funds",
-                                    extra={"deposit_id": str(deposit.pk), "tenant_id": str(deposit.tenant_id)})
-                    metrics.increment("chains_reversals_pending_total", chain_id=self.chain.chain_id)
+                deposit.reversal, deposit.shortfall = self._reverse_credit(tenant, deposit)
             deposit.status = Deposit.Status.REORGED
             deposit.reorged_at = timezone.now()
-            deposit.save(update_fields=["status", "reorged_at", "reversal"])
+            deposit.save(update_fields=["status", "reorged_at", "reversal", "shortfall"])
             events_emit(tenant=tenant, events=[EventSpec(stream=user_stream(deposit.user_id), type=event_type(deposit),
                                                          data=deposit_payload(deposit))])
+
+    def _reverse_credit(self, tenant: Tenant, deposit: Deposit) -> tuple[JournalEntry, int]:
+        """Reverse the credit of a deposit a reorg removed; returns (reversal, shortfall).
+
+        Normally the exact opposite of the credit. When the user has already spent part or all of it (their
+        account may not go negative), the reversal still posts at once: the user's account gives back what it
+        holds (available = posted - held) and the rest, the shortfall, is debited to the tenant's suspense
+        account of the chain's rail (`suspense`, rail `chain:<id>`, which may go negative): a receivable the
+        tenant's operators recover from the user (CRITICAL log and `chains_reversal_shortfalls_total`). The
+        ledger stays balanced (`ledger_verify` clean) and no account that may not go negative does."""
+        entry = JournalEntry.all_tenants.get(pk=deposit.entry_id)
+        memo = f"Reorg removed deposit {deposit.tx_hash}"[:200]
+        try:
+            return entry_reverse(tenant=tenant, entry=entry, requested_by=None, memo=memo), 0
+        except InsufficientFunds:
+            pass
+        postings = list(Posting.all_tenants.filter(tenant_id=tenant.pk, entry=entry).order_by("pk"))
+        credited = next(p for p in postings if p.amount > 0)
+        user_account = Account.all_tenants.select_for_update().get(pk=credited.account_id)
+        take = max(0, min(int(credited.amount), int(user_account.posted - user_account.held)))
+        shortfall = int(credited.amount) - take
+        suspense = system_account(tenant=tenant, asset=deposit.asset, kind=Account.Kind.SUSPENSE,
+                                  rail=f"chain:{self.chain.chain_id}")
+        legs = [Leg(p.account_id, -p.amount) for p in postings if p.pk != credited.pk]
+        legs += ([Leg(credited.account_id, -take)] if take else []) + [Leg(suspense.pk, -shortfall)]
+        reversal = apply_single(tenant, EntryDraft(kind=JournalEntry.Kind.REVERSAL, legs=legs, reverses_id=entry.pk,
+                                                   reference=f"reversal:{entry.pk}", memo=memo))
+        logger.critical("reorged deposit was already spent: shortfall debited to suspense",
+                        extra={"deposit_id": str(deposit.pk), "tenant_id": str(deposit.tenant_id),
+                               "shortfall": str(shortfall), "asset": deposit.asset.code})
+        metrics.increment("chains_reversal_shortfalls_total", chain_id=self.chain.chain_id)
+        return reversal, shortfall
 
     def _tenant(self, tenant_id: Any) -> Tenant:
         tenant = self.tenants.get(tenant_id)
@@ -598,14 +623,23 @@ class ChainWatcher:
                         tenant=tenant, asset=deposit.asset, kind=Account.Kind.EXTERNAL,
                         rail=f"chain:{self.chain.chain_id}")
                 target_id = targets[(deposit.user_id, deposit.asset_id)]
+                legs = [Leg(external.pk, -deposit.amount)]
+                # A deposit that came back after a reorg whose reversal left a shortfall repays the suspense
+                # account first (the user already had, and spent, that part).
+                repay = min(int(deposit.shortfall), int(deposit.amount))
+                if repay:
+                    legs.append(Leg(system_account(tenant=tenant, asset=deposit.asset, kind=Account.Kind.SUSPENSE,
+                                                   rail=f"chain:{self.chain.chain_id}").pk, repay))
+                if deposit.amount - repay:
+                    legs.append(Leg(target_id, deposit.amount - repay))
                 deposit.entry = apply_single(tenant, EntryDraft(
-                    kind=JournalEntry.Kind.DEPOSIT,
-                    legs=[Leg(external.pk, -deposit.amount), Leg(target_id, deposit.amount)],
+                    kind=JournalEntry.Kind.DEPOSIT, legs=legs,
                     memo=f"Deposit {deposit.tx_hash[:18]} on chain {self.chain.chain_id}"[:200],
                     reference=f"deposit:{deposit.pk}"))
                 deposit.status = Deposit.Status.FINAL
                 deposit.final_at = now
-                deposit.save(update_fields=["status", "confirmations", "entry", "final_at"])
+                deposit.shortfall = 0
+                deposit.save(update_fields=["status", "confirmations", "entry", "final_at", "shortfall"])
                 events.append(EventSpec(stream=user_stream(deposit.user_id), type=event_type(deposit),
                                         data=deposit_payload(deposit, self.chain)))
                 finals += 1
