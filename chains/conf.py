@@ -12,6 +12,8 @@ DEFAULTS: dict[str, Any] = {
     "CHAINS_SIWE_DOMAIN": os.environ.get("CHAINS_SIWE_DOMAIN", ""),
     "CHAINS_SIWE_URI": os.environ.get("CHAINS_SIWE_URI", ""),
     "CHAINS_SIWE_NONCE_TTL_SECONDS": int(os.environ.get("CHAINS_SIWE_NONCE_TTL_SECONDS", "600")),
+    # How often expired nonces are purged (the `chains-purge-siwe-nonces` beat entry).
+    "CHAINS_SIWE_PURGE_SECONDS": float(os.environ.get("CHAINS_SIWE_PURGE_SECONDS", "3600")),
     "CHAINS_SIWE_CLOCK_SKEW_SECONDS": int(os.environ.get("CHAINS_SIWE_CLOCK_SKEW_SECONDS", "60")),
     "CHAINS_RPC_TIMEOUT_SECONDS": float(os.environ.get("CHAINS_RPC_TIMEOUT_SECONDS", "10")),
     "CHAINS_RPC_RETRIES": int(os.environ.get("CHAINS_RPC_RETRIES", "2")),
