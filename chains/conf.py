@@ -23,7 +23,6 @@ DEFAULTS: dict[str, Any] = {
     # Blocks per tick of the watcher (bounded work per transaction; catch-up just takes more ticks).
     "CHAINS_MAX_BLOCKS_PER_TICK": int(os.environ.get("CHAINS_MAX_BLOCKS_PER_TICK", "2000")),
     "CHAINS_BALANCE_CACHE_SECONDS": float(os.environ.get("CHAINS_BALANCE_CACHE_SECONDS", "15")),
-    "CHAINS_RELAY_DROP_AFTER_SECONDS": int(os.environ.get("CHAINS_RELAY_DROP_AFTER_SECONDS", "600")),
     # `make run`: the local dev chain's RPC URL (seed_demo registers it) and whether serve runs the watcher.
     "CHAINS_DEV_RPC_URL": os.environ.get("CHAINS_DEV_RPC_URL", ""),
     "CHAINS_WATCH_IN_PROCESS": os.environ.get("CHAINS_WATCH_IN_PROCESS", "1") == "1",
