@@ -168,3 +168,25 @@ def test_auto_falls_back_to_block_bodies_when_the_node_has_no_trace_filter(anvil
         assert balance(user_a, "ETH:31337") == 10**18
     finally:
         proxy.stop()
+
+
+def test_activity_api_lists_both_directions_and_deposits_only_incoming(anvil: Any, tenant_a: Tenant, user_a: User,
+                                                                       client_a: Any) -> None:
+    env = fixtures.chain_env_for(anvil, tenant_a)
+    node, chain = env.anvil, env.chain
+    linked = link_address(tenant_a, user_a, new_account(), 31337).address
+    incoming = node.send(env.funder, linked, 10**18)
+    node.rpc("anvil_impersonateAccount", linked)
+    outgoing = node.send(linked, node.accounts()[3], 10**17, gas=21_000)
+    node.mine(3)
+    watcher_run_until_idle(chain)
+    client_a.login_as(user_a)
+    both = client_a.get("/api/v1/activity").json()["results"]
+    assert sorted((r["tx_hash"], r["direction"]) for r in both) == sorted([(incoming, "in"), (outgoing, "out")])
+    out = client_a.get("/api/v1/activity?direction=out").json()["results"]
+    assert [(r["tx_hash"], r["status"], r["entry_id"]) for r in out] == [(outgoing, "final", None)]
+    assert client_a.get(f"/api/v1/activity/{out[0]['id']}").json()["to"] == node.accounts()[3]
+    assert [r["tx_hash"] for r in client_a.get("/api/v1/deposits").json()["results"]] == [incoming]
+    assert client_a.get(f"/api/v1/deposits/{out[0]['id']}").status_code == 404
+    bad = client_a.get("/api/v1/activity?direction=sideways")
+    assert bad.status_code == 400 and bad.json()["code"] == "activity_direction_invalid"
