@@ -22,6 +22,8 @@ DEFAULTS: dict[str, Any] = {
     "CHAINS_LOG_FILTER_MAX_ADDRESSES": int(os.environ.get("CHAINS_LOG_FILTER_MAX_ADDRESSES", "200")),
     # Blocks per tick of the watcher (bounded work per transaction; catch-up just takes more ticks).
     "CHAINS_MAX_BLOCKS_PER_TICK": int(os.environ.get("CHAINS_MAX_BLOCKS_PER_TICK", "2000")),
+    # Catching up, how many chunks ahead the watcher asks the node for (worker threads) while it commits one.
+    "CHAINS_SCAN_PREFETCH": int(os.environ.get("CHAINS_SCAN_PREFETCH", "2")),
     "CHAINS_BALANCE_CACHE_SECONDS": float(os.environ.get("CHAINS_BALANCE_CACHE_SECONDS", "15")),
     # `make run`: the local dev chain's RPC URL (seed_demo registers it) and whether serve runs the watcher.
     "CHAINS_DEV_RPC_URL": os.environ.get("CHAINS_DEV_RPC_URL", ""),

@@ -182,9 +182,10 @@ class RpcClient:
         results: list[Any] = []
         for start in range(0, len(calls), max_batch):
             chunk = calls[start:start + max_batch]
-            first = next(self._ids)
+            with self._lock:
+                first = next(self._ids)
+                self._ids = itertools.count(first + len(chunk))
             ids = list(range(first, first + len(chunk)))
-            self._ids = itertools.count(first + len(chunk))
             payload = [{"jsonrpc": "2.0", "id": i, "method": m, "params": list(p)} for i, (m, p) in zip(ids, chunk,
                                                                                                       strict=True)]
             self.stats.batches += 1

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,6 +74,13 @@ class Found:
     to_address: str
     asset_id: Any
     amount: int
+
+
+@dataclass
+class Fetched:
+    natives: list[Found]
+    blocks: dict[int, dict[str, Any]]
+    logs: list[dict[str, Any]]
 
 
 @dataclass
@@ -332,14 +340,34 @@ class ChainWatcher:
 
     # --- scanning ---------------------------------------------------------------------------------------
     def scan(self, start: int, end: int, head: int) -> int:
-        """Scan [start, end] in chunks of `log_chunk_blocks`, committing each; returns deposits found."""
+        """Scan [start, end] in chunks of `log_chunk_blocks`, committing each in order; returns transfers found.
+
+        Catching up, the node is asked for the next chunks (`CHAINS_SCAN_PREFETCH` of them, in worker threads:
+        RPC only, no database) while this thread matches and commits the current one, so the node's time and
+        ours overlap. Commits stay in block order and each one still checks the cursor and parent hashes."""
         found = 0
         step = max(1, self.chain.log_chunk_blocks)
-        for chunk_start in range(start, end + 1, step):
-            chunk_end = min(end, chunk_start + step - 1)
-            found += self._scan_chunk(chunk_start, chunk_end, head)
-            if self.after_chunk is not None:
-                self.after_chunk(chunk_end)
+        chunks = [(s, min(end, s + step - 1)) for s in range(start, end + 1, step)]
+        depth = max(0, int(setting("CHAINS_SCAN_PREFETCH")))
+        if len(chunks) == 1 or depth == 0:
+            for chunk_start, chunk_end in chunks:
+                found += self._scan_chunk(chunk_start, chunk_end, head,
+                                          self._fetch_chunk(chunk_start, chunk_end, head))
+                if self.after_chunk is not None:
+                    self.after_chunk(chunk_end)
+            return found
+        pool = ThreadPoolExecutor(max_workers=depth, thread_name_prefix=f"chain-{self.chain.chain_id}-fetch")
+        try:
+            pending = [pool.submit(self._fetch_chunk, s, e, head) for s, e in chunks[:depth]]
+            for index, (chunk_start, chunk_end) in enumerate(chunks):
+                fetched = pending[index].result()
+                if index + depth < len(chunks):
+                    pending.append(pool.submit(self._fetch_chunk, *chunks[index + depth], head))
+                found += self._scan_chunk(chunk_start, chunk_end, head, fetched)
+                if self.after_chunk is not None:
+                    self.after_chunk(chunk_end)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
         return found
 
     def _native_mode(self) -> str:
@@ -447,7 +475,9 @@ class ChainWatcher:
             found = [f for f, r in zip(found, receipts, strict=True) if r is None or to_int(r.get("status", "0x1"))]
         return found
 
-    def _scan_chunk(self, start: int, end: int, head: int) -> int:
+    def _fetch_chunk(self, start: int, end: int, head: int) -> Fetched:
+        """What the node says about [start, end]: native transfers, block headers (or bodies) and token logs.
+        RPC only (it runs in worker threads): no database access."""
         native = bool(self.chain.scan_native and self.watch and self.chain.native_asset_id)
         natives: list[Found] = []
         bodies = native and self._native_mode() == "bodies"
@@ -464,7 +494,10 @@ class ChainWatcher:
         blocks = self._fetch_blocks(start, end, head, full=bodies)
         if bodies:
             natives = self._native_from_bodies(blocks)
-        logs = self._fetch_logs(start, end)
+        return Fetched(natives=natives, blocks=blocks, logs=self._fetch_logs(start, end))
+
+    def _scan_chunk(self, start: int, end: int, head: int, fetched: Fetched) -> int:
+        natives, blocks, logs = fetched.natives, fetched.blocks, fetched.logs
         # Continuity inside the chunk and against the stored block below it.
         previous = BlockRecord.objects.filter(chain=self.chain, number=start - 1).values_list("hash", flat=True).first()
         for number in sorted(blocks):
