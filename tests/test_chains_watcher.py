@@ -277,3 +277,34 @@ def test_reorg_of_a_credited_deposit_the_user_already_spent_debits_the_shortfall
     reorged = [e for e in deposit_events(user_a) if e[0] == "deposit.reorged"]
     assert reorged == [("deposit.reorged", tx, "reorged")]
     assert ledger_verify(tenant=tenant_a).ok
+
+
+def test_a_spent_deposit_that_comes_back_after_a_reorg_repays_the_suspense_account_first(
+        chain_env: ChainEnv, tenant_a: Tenant, user_a: User) -> None:
+    from tests.factories import UserFactory
+    from wallet.ledger.services import transfer_create
+
+    node, chain = chain_env.anvil, chain_env.chain
+    linked = link_address(tenant_a, user_a, new_account(), 31337).address
+    tx = node.send(chain_env.funder, linked, 10**18)
+    raw = node.rpc("eth_getRawTransactionByHash", tx)
+    node.mine(4)
+    watcher = ChainWatcher(chain)
+    watcher_run_until_idle(chain, watcher=watcher)
+    friend = UserFactory(tenant=tenant_a)
+    transfer_create(tenant=tenant_a, sender=user_a, recipient=friend, asset=chain.native_asset, amount=7 * 10**17)
+
+    before = metrics.value("chains_reversal_shortfalls_total", chain_id=31337)
+    node.rpc("anvil_reorg", 5, [[raw, 0]])  # the same transaction, again at its height on the new branch
+    watcher_run_until_idle(chain, watcher=watcher)  # reversed (with a shortfall), seen again, final again
+    deposit = Deposit.all_tenants.get(tenant=tenant_a, tx_hash=tx)
+    assert metrics.value("chains_reversal_shortfalls_total", chain_id=31337) == before + 1
+    assert JournalEntry.all_tenants.filter(tenant=tenant_a, kind=JournalEntry.Kind.REVERSAL).count() == 1
+    assert deposit.status == Deposit.Status.FINAL and deposit.shortfall == 0
+    assert [t for t, h, _ in deposit_events(user_a) if h == tx][-3:] == ["deposit.reorged", "deposit.seen",
+                                                                        "deposit.final"]
+    suspense = Account.all_tenants.get(tenant=tenant_a, kind=Account.Kind.SUSPENSE, rail="chain:31337",
+                                       asset=chain.native_asset)
+    assert int(suspense.posted) == 0  # the new credit repaid the suspense account first
+    assert balance(user_a, "ETH:31337") == 3 * 10**17  # what they would hold had the reorg never happened
+    assert ledger_verify(tenant=tenant_a).ok
