@@ -20,3 +20,4 @@ TransactionSenderNotLinked = error_class("transaction_sender_not_linked", 403,
                                          "The transaction's sender is not one of your linked addresses")
 TransactionRejected = error_class("transaction_rejected", 422, "The node refused the transaction")
 ChainUnavailable = error_class("chain_unavailable", 503, "The chain's RPC endpoints do not answer")
+ActivityDirectionInvalid = error_class("activity_direction_invalid", 400, "direction must be `in` or `out`")

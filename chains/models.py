@@ -36,7 +36,15 @@ class Chain(models.Model):
     poll_interval_ms = models.PositiveIntegerField(default=2000, validators=[MinValueValidator(50)])
     reorg_window = models.PositiveIntegerField(default=64, help_text="Recent blocks whose hashes are kept")
     log_chunk_blocks = models.PositiveIntegerField(default=2000, help_text="Blocks per eth_getLogs query")
-    scan_native = models.BooleanField(default=True, help_text="Read block bodies for native transfers")
+    scan_native = models.BooleanField(default=True, help_text="Watch native transfers (not only token logs)")
+
+    class NativeSource(models.TextChoices):
+        AUTO = "auto", "trace_filter where the node has it, else block bodies"
+        TRACES = "traces", "trace_filter (top-level and internal transfers)"
+        BODIES = "bodies", "Block bodies (top-level transactions only)"
+
+    native_source = models.CharField(max_length=6, choices=NativeSource.choices, default=NativeSource.AUTO,
+                                     help_text="Where native transfers are read from")
     native_asset = models.ForeignKey(Asset, on_delete=models.PROTECT, null=True, blank=True, related_name="+")
     multicall3_address = models.CharField(max_length=42, blank=True, validators=[address_validator])
     stale_after_seconds = models.PositiveIntegerField(default=120,
@@ -177,7 +185,8 @@ class BlockRecord(models.Model):
 
 
 class Deposit(TenantOwned):
-    """An incoming transfer to a watched address, from `seen` to `final` (credited once) or `reorged`."""
+    """A transfer to (a deposit: credited once when final) or from (outgoing activity, never credited) a
+    watched address, from `seen` to `final` or `reorged`."""
 
     class Status(models.TextChoices):
         SEEN = "seen", "Seen"
@@ -189,10 +198,15 @@ class Deposit(TenantOwned):
         LINKED = "linked", "Linked wallet"
         DEPOSIT = "deposit", "Deposit address"
 
+    class Direction(models.TextChoices):
+        IN = "in", "Incoming (a deposit: credited when final)"
+        OUT = "out", "Outgoing (on-chain activity only: never touches the ledger)"
+
     id = models.UUIDField(primary_key=True, default=uuid7, editable=False)
     chain = models.ForeignKey(Chain, on_delete=models.PROTECT, related_name="+")
     tx_hash = models.CharField(max_length=66)
-    log_index = models.IntegerField(help_text="-1 for a native transfer")
+    log_index = models.IntegerField(help_text="-1 for a native transfer (-1-n for the n-th trace of its transaction)")
+    direction = models.CharField(max_length=3, choices=Direction.choices, default=Direction.IN)
     block_number = models.BigIntegerField()
     block_hash = models.CharField(max_length=66)
     from_address = models.CharField(max_length=42)
@@ -205,6 +219,8 @@ class Deposit(TenantOwned):
     confirmations = models.PositiveIntegerField(default=0)
     entry = models.ForeignKey(JournalEntry, on_delete=models.PROTECT, null=True, blank=True, related_name="+")
     reversal = models.ForeignKey(JournalEntry, on_delete=models.PROTECT, null=True, blank=True, related_name="+")
+    shortfall = AmountField(default=0, help_text="Part of a reversed credit the user had already spent (debited to "
+                                                 "the tenant's suspense account)")
     seen_at = models.DateTimeField(default=timezone.now)
     final_at = models.DateTimeField(null=True, blank=True)
     reorged_at = models.DateTimeField(null=True, blank=True)
@@ -213,7 +229,8 @@ class Deposit(TenantOwned):
         ordering = ("-block_number", "-log_index")
         constraints = [
             # Exactly once: one row per (tenant, chain, transaction, log) whatever the watcher does twice.
-            models.UniqueConstraint(fields=["tenant", "chain", "tx_hash", "log_index"], name="deposit_unique"),
+            models.UniqueConstraint(fields=["tenant", "chain", "tx_hash", "log_index", "direction"],
+                                    name="deposit_unique"),
         ]
         indexes = [
             models.Index(fields=["chain", "status", "block_number"], name="deposit_chain_status"),

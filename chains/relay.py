@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 import rlp
@@ -20,7 +19,6 @@ from hexbytes import HexBytes
 
 from chains import errors
 from chains.clients import client_for
-from chains.conf import setting
 from chains.models import Chain, LinkedWallet, RelayedTransaction
 from chains.rpc import RpcClient, RpcResponseError, RpcUnavailable, to_int
 from tenants.models import Tenant, User
@@ -145,8 +143,6 @@ def relay_track(*, chain: Chain, client: RpcClient, head: int, finalized: int | 
         calls.append(("eth_getTransactionCount", [row.sender, "latest"]))
         calls.append(("eth_getTransactionByHash", [row.tx_hash]))
     replies = client.batch(calls, raise_errors=False)
-    drop_after = timedelta(seconds=setting("CHAINS_RELAY_DROP_AFTER_SECONDS"))
-    now = timezone.now()
     for index, row in enumerate(waiting):
         mined_nonces, known = replies[2 * index], replies[2 * index + 1]
         if isinstance(mined_nonces, Exception) or isinstance(known, Exception):
@@ -154,10 +150,41 @@ def relay_track(*, chain: Chain, client: RpcClient, head: int, finalized: int | 
         if to_int(mined_nonces) > row.nonce:
             _transition(row.pk, RelayedTransaction.Status.REPLACED,
                         replaced_by=_replacement(client, row, head) or "", block_number=None, block_hash="")
-        elif known is None and now - row.created_at > drop_after:
-            _transition(row.pk, RelayedTransaction.Status.DROPPED, block_number=None, block_hash="")
+        elif known is None:
+            _unknown_to_the_node(client, row)
         elif row.status == RelayedTransaction.Status.INCLUDED:  # its block was reorged away; back in the pool
             _transition(row.pk, RelayedTransaction.Status.PENDING, block_number=None, block_hash="")
+
+
+# What nodes answer when a nonce is already used (geth, erigon, reth, nethermind, anvil).
+_NONCE_TAKEN = ("nonce too low", "already imported", "nonce has already been used", "old nonce", "nonce too small")
+
+
+def _unknown_to_the_node(client: RpcClient, row: RelayedTransaction) -> None:
+    """No receipt, the node does not know the transaction (evicted from its pool, or a node that restarted or
+    that we failed over to never had it), and its nonce is not taken: the node decides. We broadcast the
+    signed transaction again: accepted ("already known" too), it is pending still (back in the pool); refused
+    for its nonce, another took it: `replaced` (the watcher finds which when it is mined); refused for any
+    other reason (funds, fees under the base fee, gas), it cannot be included as signed: `dropped`, with the
+    node's reason. A node that does not answer decides nothing (next tick)."""
+    try:
+        client.call("eth_sendRawTransaction", [row.raw])
+    except RpcResponseError as exc:
+        message = exc.message.lower()
+        if "already known" in message or "known transaction" in message:
+            return
+        if any(p in message for p in _NONCE_TAKEN):
+            _transition(row.pk, RelayedTransaction.Status.REPLACED, block_number=None, block_hash="")
+            return
+        _transition(row.pk, RelayedTransaction.Status.DROPPED, block_number=None, block_hash="",
+                    error=exc.message[:300])
+        return
+    except RpcUnavailable:
+        return
+    logger.info("relayed transaction was unknown to the node: broadcast again",
+                extra={"tx_hash": row.tx_hash, "chain_id": row.chain.chain_id})
+    if row.status == RelayedTransaction.Status.INCLUDED:  # its block was reorged away; back in the pool
+        _transition(row.pk, RelayedTransaction.Status.PENDING, block_number=None, block_hash="")
 
 
 def _replacement(client: RpcClient, row: RelayedTransaction, head: int, lookback: int = 64) -> str | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 import threading
 import time
 from collections.abc import Sequence
@@ -92,6 +93,7 @@ class RpcClient:
         self.max_backoff = max_backoff
         self.stats = RpcStats()
         self._ids = itertools.count(1)
+        self.trace_span: int | None = None  # the largest trace_filter range the node accepted (learned)
         self._lock = threading.Lock()
         self._http = httpx.Client(timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0)), transport=transport,
                                   headers={"Content-Type": "application/json"}, trust_env=False)
@@ -180,9 +182,10 @@ class RpcClient:
         results: list[Any] = []
         for start in range(0, len(calls), max_batch):
             chunk = calls[start:start + max_batch]
-            first = next(self._ids)
+            with self._lock:
+                first = next(self._ids)
+                self._ids = itertools.count(first + len(chunk))
             ids = list(range(first, first + len(chunk)))
-            self._ids = itertools.count(first + len(chunk))
             payload = [{"jsonrpc": "2.0", "id": i, "method": m, "params": list(p)} for i, (m, p) in zip(ids, chunk,
                                                                                                       strict=True)]
             self.stats.batches += 1
@@ -227,6 +230,46 @@ class RpcClient:
         middle = (from_block + to_block) // 2
         return (self.get_logs(from_block=from_block, to_block=middle, address=address, topics=topics)
                 + self.get_logs(from_block=middle + 1, to_block=to_block, address=address, topics=topics))
+
+
+    def trace_filter(self, *, from_block: int, to_block: int, from_addresses: list[str] | None = None,
+                     to_addresses: list[str] | None = None) -> list[dict[str, Any]]:
+        """`trace_filter` (Parity/OpenEthereum style: erigon, reth, nethermind, anvil) over [from_block, to_block],
+        traces whose sender is in `from_addresses` OR whose recipient is in `to_addresses` (every trace when
+        both are None). A node that limits the range (anvil: 300 blocks) says so once: the span is learned and
+        the range is asked for in one JSON-RPC batch of sub-ranges. Raises `RpcResponseError` when the node
+        has no such method (see `is_unsupported`)."""
+        while True:
+            span = self.trace_span or to_block - from_block + 1
+            calls = []
+            for start in range(from_block, to_block + 1, span):
+                query: dict[str, Any] = {"fromBlock": hex(start), "toBlock": hex(min(to_block, start + span - 1))}
+                if from_addresses is not None:
+                    query["fromAddress"] = from_addresses
+                if to_addresses is not None:
+                    query["toAddress"] = to_addresses
+                calls.append(("trace_filter", [query]))
+            replies = self.batch(calls, raise_errors=False, max_batch=100)
+            error = next((r for r in replies if isinstance(r, RpcResponseError)), None)
+            if error is None:
+                return [trace for reply in replies for trace in (reply or ())]
+            if not is_range_too_large(error) or span <= 1:
+                raise error
+            self.stats.splits += 1
+            limit = _LIMIT.search(error.message.lower())
+            learned = int(next(g for g in limit.groups() if g)) if limit else 0
+            # "limited to 300" counts the distance (to - from), so a span of 300 blocks is always accepted.
+            self.trace_span = min(span // 2, learned) if 0 < learned < span else max(1, span // 2)
+
+
+_LIMIT = re.compile(r"limited to (\d+)|max(?:imum)?(?: block)?(?: range)?(?: is| of)? (\d+)")
+
+
+def is_unsupported(error: RpcResponseError) -> bool:
+    """The node does not have this method (or has it disabled)."""
+    text = error.message.lower()
+    return error.code in (-32601, -32004) or "not found" in text or "not supported" in text \
+        or "does not exist" in text or "not available" in text or "unsupported" in text
 
 
 def to_int(value: str | int | None) -> int:

@@ -48,11 +48,24 @@ def deposit_address_list(*, tenant: Tenant, user: User) -> QuerySet[DepositAddre
 
 
 def deposit_list(*, tenant: Tenant, user: User) -> QuerySet[Deposit]:
-    return Deposit.objects.for_tenant(tenant).filter(user=user).select_related("chain", "asset")
+    """The user's deposits (incoming transfers)."""
+    return activity_list(tenant=tenant, user=user, direction=Deposit.Direction.IN)
 
 
 def access_deposit(*, tenant: Tenant, user: User, deposit_id: Any) -> Deposit:
     return access_by_id(Deposit, tenant=tenant, object_id=deposit_id,
+                        queryset=Deposit.all_tenants.filter(user=user, direction=Deposit.Direction.IN)
+                        .select_related("chain", "asset"))
+
+
+def activity_list(*, tenant: Tenant, user: User, direction: str | None = None) -> QuerySet[Deposit]:
+    """The user's on-chain activity: transfers to (deposits) and from their watched addresses."""
+    queryset = Deposit.objects.for_tenant(tenant).filter(user=user).select_related("chain", "asset")
+    return queryset.filter(direction=direction) if direction else queryset
+
+
+def access_activity(*, tenant: Tenant, user: User, activity_id: Any) -> Deposit:
+    return access_by_id(Deposit, tenant=tenant, object_id=activity_id,
                         queryset=Deposit.all_tenants.filter(user=user).select_related("chain", "asset"))
 
 

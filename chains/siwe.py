@@ -66,6 +66,19 @@ def siwe_nonce_issue(*, tenant: Tenant, user: User, tenant_chain: TenantChain, d
     return NonceGrant(nonce=row, statement=STATEMENT)
 
 
+def siwe_nonces_purge(*, now: datetime | None = None, batch: int = 5000) -> int:
+    """Delete expired nonces of every tenant, used or not (a message over an expired nonce is refused
+    whether its row exists or not), in batches; returns how many. Run by the `chains-purge-siwe-nonces` beat
+    entry (hourly); safe to run twice or concurrently."""
+    now = now or timezone.now()
+    deleted = 0
+    while True:
+        ids = list(SiweNonce.all_tenants.filter(expires_at__lt=now).values_list("pk", flat=True)[:batch])
+        if not ids:
+            return deleted
+        deleted += SiweNonce.all_tenants.filter(pk__in=ids).delete()[0]
+
+
 def _parse_time(value: Any) -> datetime | None:
     if value in (None, ""):
         return None

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,13 +38,13 @@ from chains import metrics
 from chains.clients import client_for
 from chains.conf import setting
 from chains.models import BlockRecord, Chain, ChainCursor, Deposit, DepositAddress, LinkedWallet, TenantChain, Token
-from chains.rpc import RpcClient, RpcError, to_int
+from chains.rpc import RpcClient, RpcError, RpcResponseError, is_unsupported, to_int
 from tenants.models import Tenant
 from wallet.events.services import EventSpec, events_emit
 from wallet.events.streams import user_stream
 from wallet.ledger.engine import EntryDraft, Leg, apply_single
 from wallet.ledger.errors import InsufficientFunds
-from wallet.ledger.models import Account, JournalEntry, TenantAsset
+from wallet.ledger.models import Account, JournalEntry, Posting, TenantAsset
 from wallet.ledger.services import entry_reverse, system_account, user_accounts_ensure
 
 logger = logging.getLogger("chains.watcher")
@@ -76,6 +77,13 @@ class Found:
 
 
 @dataclass
+class Fetched:
+    natives: list[Found]
+    blocks: dict[int, dict[str, Any]]
+    logs: list[dict[str, Any]]
+
+
+@dataclass
 class TickResult:
     head: int = 0
     cursor: int = 0
@@ -94,10 +102,18 @@ def deposit_payload(deposit: Deposit, chain: Chain | None = None) -> dict[str, A
         "block_number": deposit.block_number, "block_hash": deposit.block_hash, "from": deposit.from_address,
         "to": deposit.to_address, "address_kind": deposit.address_kind, "asset": deposit.asset.code,
         "decimals": deposit.asset.decimals, "amount": str(deposit.amount), "status": deposit.status,
+        "direction": deposit.direction,
         "confirmations": deposit.confirmations, "required_confirmations": chain.confirmations,
         "entry_id": str(deposit.entry_id) if deposit.entry_id else None,
         "reversal_id": str(deposit.reversal_id) if deposit.reversal_id else None,
+        "shortfall": str(deposit.shortfall),
     }
+
+
+def event_type(deposit: Deposit) -> str:
+    """`deposit.<status>` for an incoming transfer, `outgoing.<status>` for one from a watched address."""
+    prefix = "deposit" if deposit.direction == Deposit.Direction.IN else "outgoing"
+    return f"{prefix}.{deposit.status}"
 
 
 class ChainWatcher:
@@ -118,6 +134,8 @@ class ChainWatcher:
         self.last_head: int | None = None
         self.head_changed_at = time.monotonic()
         self.stale_alarmed = False
+        self.native_mode: str | None = None
+        self.native_mode_source: str | None = None
         # Test hook: called after each committed chunk with its last block (a crash there must lose nothing).
         self.after_chunk: Any = None
 
@@ -275,20 +293,44 @@ class ChainWatcher:
         tenant = self._tenant(deposit.tenant_id)
         with transaction.atomic():
             if deposit.entry_id and not deposit.reversal_id:
-                try:
-                    entry = JournalEntry.all_tenants.get(pk=deposit.entry_id)
-                    deposit.reversal = entry_reverse(tenant=tenant, entry=entry, requested_by=None,
-                                                     memo=f"Reorg removed deposit {deposit.tx_hash}")
-                except InsufficientFunds:
-                    # The user already spent it: the reversal waits for funds (reported, never forced negative).
-                    logger.critical("reorged deposit cannot be reversed: insufficient funds",
-                                    extra={"deposit_id": str(deposit.pk), "tenant_id": str(deposit.tenant_id)})
-                    metrics.increment("chains_reversals_pending_total", chain_id=self.chain.chain_id)
+                deposit.reversal, deposit.shortfall = self._reverse_credit(tenant, deposit)
             deposit.status = Deposit.Status.REORGED
             deposit.reorged_at = timezone.now()
-            deposit.save(update_fields=["status", "reorged_at", "reversal"])
-            events_emit(tenant=tenant, events=[EventSpec(stream=user_stream(deposit.user_id), type="deposit.reorged",
+            deposit.save(update_fields=["status", "reorged_at", "reversal", "shortfall"])
+            events_emit(tenant=tenant, events=[EventSpec(stream=user_stream(deposit.user_id), type=event_type(deposit),
                                                          data=deposit_payload(deposit))])
+
+    def _reverse_credit(self, tenant: Tenant, deposit: Deposit) -> tuple[JournalEntry, int]:
+        """Reverse the credit of a deposit a reorg removed; returns (reversal, shortfall).
+
+        Normally the exact opposite of the credit. When the user has already spent part or all of it (their
+        account may not go negative), the reversal still posts at once: the user's account gives back what it
+        holds (available = posted - held) and the rest, the shortfall, is debited to the tenant's suspense
+        account of the chain's rail (`suspense`, rail `chain:<id>`, which may go negative): a receivable the
+        tenant's operators recover from the user (CRITICAL log and `chains_reversal_shortfalls_total`). The
+        ledger stays balanced (`ledger_verify` clean) and no account that may not go negative does."""
+        entry = JournalEntry.all_tenants.get(pk=deposit.entry_id)
+        memo = f"Reorg removed deposit {deposit.tx_hash}"[:200]
+        try:
+            return entry_reverse(tenant=tenant, entry=entry, requested_by=None, memo=memo), 0
+        except InsufficientFunds:
+            pass
+        postings = list(Posting.all_tenants.filter(tenant_id=tenant.pk, entry=entry).order_by("pk"))
+        credited = next(p for p in postings if p.amount > 0)
+        user_account = Account.all_tenants.select_for_update().get(pk=credited.account_id)
+        take = max(0, min(int(credited.amount), int(user_account.posted - user_account.held)))
+        shortfall = int(credited.amount) - take
+        suspense = system_account(tenant=tenant, asset=deposit.asset, kind=Account.Kind.SUSPENSE,
+                                  rail=f"chain:{self.chain.chain_id}")
+        legs = [Leg(p.account_id, -p.amount) for p in postings if p.pk != credited.pk]
+        legs += ([Leg(credited.account_id, -take)] if take else []) + [Leg(suspense.pk, -shortfall)]
+        reversal = apply_single(tenant, EntryDraft(kind=JournalEntry.Kind.REVERSAL, legs=legs, reverses_id=entry.pk,
+                                                   reference=f"reversal:{entry.pk}", memo=memo))
+        logger.critical("reorged deposit was already spent: shortfall debited to suspense",
+                        extra={"deposit_id": str(deposit.pk), "tenant_id": str(deposit.tenant_id),
+                               "shortfall": str(shortfall), "asset": deposit.asset.code})
+        metrics.increment("chains_reversal_shortfalls_total", chain_id=self.chain.chain_id)
+        return reversal, shortfall
 
     def _tenant(self, tenant_id: Any) -> Tenant:
         tenant = self.tenants.get(tenant_id)
@@ -298,25 +340,53 @@ class ChainWatcher:
 
     # --- scanning ---------------------------------------------------------------------------------------
     def scan(self, start: int, end: int, head: int) -> int:
-        """Scan [start, end] in chunks of `log_chunk_blocks`, committing each; returns deposits found."""
+        """Scan [start, end] in chunks of `log_chunk_blocks`, committing each in order; returns transfers found.
+
+        Catching up, the node is asked for the next chunks (`CHAINS_SCAN_PREFETCH` of them, in worker threads:
+        RPC only, no database) while this thread matches and commits the current one, so the node's time and
+        ours overlap. Commits stay in block order and each one still checks the cursor and parent hashes."""
         found = 0
         step = max(1, self.chain.log_chunk_blocks)
-        for chunk_start in range(start, end + 1, step):
-            chunk_end = min(end, chunk_start + step - 1)
-            found += self._scan_chunk(chunk_start, chunk_end, head)
-            if self.after_chunk is not None:
-                self.after_chunk(chunk_end)
+        chunks = [(s, min(end, s + step - 1)) for s in range(start, end + 1, step)]
+        depth = max(0, int(setting("CHAINS_SCAN_PREFETCH")))
+        if len(chunks) == 1 or depth == 0:
+            for chunk_start, chunk_end in chunks:
+                found += self._scan_chunk(chunk_start, chunk_end, head,
+                                          self._fetch_chunk(chunk_start, chunk_end, head))
+                if self.after_chunk is not None:
+                    self.after_chunk(chunk_end)
+            return found
+        pool = ThreadPoolExecutor(max_workers=depth, thread_name_prefix=f"chain-{self.chain.chain_id}-fetch")
+        try:
+            pending = [pool.submit(self._fetch_chunk, s, e, head) for s, e in chunks[:depth]]
+            for index, (chunk_start, chunk_end) in enumerate(chunks):
+                fetched = pending[index].result()
+                if index + depth < len(chunks):
+                    pending.append(pool.submit(self._fetch_chunk, *chunks[index + depth], head))
+                found += self._scan_chunk(chunk_start, chunk_end, head, fetched)
+                if self.after_chunk is not None:
+                    self.after_chunk(chunk_end)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
         return found
 
-    def _fetch_blocks(self, start: int, end: int, head: int) -> dict[int, dict[str, Any]]:
+    def _native_mode(self) -> str:
+        """`traces` or `bodies` (`auto` becomes `traces` until the node says it has no `trace_filter`)."""
+        if self.native_mode is None or self.native_mode_source != self.chain.native_source:
+            self.native_mode_source = self.chain.native_source
+            self.native_mode = "bodies" if self.chain.native_source == Chain.NativeSource.BODIES else "traces"
+        return self.native_mode
+
+    def _many(self) -> bool:
+        return len(self.watch) > setting("CHAINS_LOG_FILTER_MAX_ADDRESSES")
+
+    def _fetch_blocks(self, start: int, end: int, head: int, full: bool) -> dict[int, dict[str, Any]]:
+        """Block bodies of the whole chunk when `full` (native transfers from bodies), else the headers of the
+        chunk's blocks inside the reorg window (their hashes are kept)."""
         window_floor = head - self.chain.reorg_window + 1
-        if self.chain.scan_native and self.watch:
-            numbers = list(range(start, end + 1))
-        else:
-            numbers = list(range(max(start, window_floor), end + 1))
+        numbers = list(range(start if full else max(start, window_floor), end + 1))
         if not numbers:
             return {}
-        full = self.chain.scan_native and bool(self.watch)
         blocks = self.client.batch([("eth_getBlockByNumber", [hex(n), full]) for n in numbers], max_batch=200)
         out = {}
         for number, block in zip(numbers, blocks, strict=True):
@@ -326,18 +396,108 @@ class ChainWatcher:
         return out
 
     def _fetch_logs(self, start: int, end: int) -> list[dict[str, Any]]:
+        """`Transfer` logs of the registered tokens to or from watched addresses (filtered by the node for a
+        few addresses: one query per direction; by topic only for many, matched in Python)."""
         if not self.tokens or not self.watch:
             return []
         contracts = sorted(self.tokens)
-        if len(self.watch) <= setting("CHAINS_LOG_FILTER_MAX_ADDRESSES"):
-            recipients = ["0x" + "0" * 24 + a[2:] for a in sorted(self.watch)]
-            return self.client.get_logs(from_block=start, to_block=end, address=contracts,
-                                        topics=[TRANSFER_TOPIC, None, recipients])
-        return self.client.get_logs(from_block=start, to_block=end, address=contracts, topics=[TRANSFER_TOPIC])
+        if self._many():
+            return self.client.get_logs(from_block=start, to_block=end, address=contracts, topics=[TRANSFER_TOPIC])
+        padded = ["0x" + "0" * 24 + a[2:] for a in sorted(self.watch)]
+        incoming = self.client.get_logs(from_block=start, to_block=end, address=contracts,
+                                        topics=[TRANSFER_TOPIC, None, padded])
+        outgoing = self.client.get_logs(from_block=start, to_block=end, address=contracts,
+                                        topics=[TRANSFER_TOPIC, padded])
+        seen = {(log["transactionHash"], log["logIndex"]) for log in incoming}
+        return incoming + [log for log in outgoing if (log["transactionHash"], log["logIndex"]) not in seen]
 
-    def _scan_chunk(self, start: int, end: int, head: int) -> int:
-        blocks = self._fetch_blocks(start, end, head)
-        logs = self._fetch_logs(start, end)
+    def _native_from_traces(self, start: int, end: int) -> list[Found]:
+        """Native transfers to or from watched addresses from `trace_filter`: top-level transactions and
+        internal calls with value (a contract paying out), skipping failed calls and calls under a failed one."""
+        addresses = None if self._many() else sorted(self.watch)
+        queries = [{"to_addresses": addresses}, {"from_addresses": addresses}] if addresses else [{}]
+        traces: dict[tuple[str, tuple[int, ...]], dict[str, Any]] = {}
+        for query in queries:
+            for trace in self.client.trace_filter(from_block=start, to_block=end, **query):
+                traces.setdefault((trace.get("transactionHash") or "", tuple(trace.get("traceAddress") or ())), trace)
+        watch = self.watch
+        matched = []
+        for (tx_hash, path), trace in traces.items():
+            action = trace.get("action") or {}
+            if trace.get("type") != "call" or action.get("callType", "call") != "call" or not tx_hash:
+                continue
+            value = to_int(action.get("value"))
+            sender, to = (action.get("from") or "").lower(), (action.get("to") or "").lower()
+            if value <= 0 or (sender not in watch and to not in watch) or trace.get("error"):
+                continue
+            matched.append((tx_hash, path, trace, sender, to, value))
+        # An internal call counts only if no call above it failed; its index is its place in the transaction's
+        # traces (the top-level call is the first: -1, as from a block body).
+        internal_txs = sorted({tx for tx, path, *_ in matched if path})
+        positions: dict[str, dict[tuple[int, ...], tuple[int, bool]]] = {}
+        if internal_txs:
+            replies = self.client.batch([("trace_transaction", [tx]) for tx in internal_txs])
+            for tx_hash, full in zip(internal_txs, replies, strict=True):
+                failed = {tuple(t.get("traceAddress") or ()) for t in full or () if t.get("error")}
+                positions[tx_hash] = {
+                    tuple(t.get("traceAddress") or ()): (i, any(tuple(t.get("traceAddress") or ())[:k] in failed
+                                                              for k in range(len(t.get("traceAddress") or ()))))
+                    for i, t in enumerate(full or ())}
+        found = []
+        for tx_hash, path, trace, sender, to, value in matched:
+            index = 0
+            if path:
+                position = positions.get(tx_hash, {}).get(path)
+                if position is None or position[1]:
+                    continue
+                index = position[0]
+            found.append(Found(tx_hash, NATIVE_LOG_INDEX - index, to_int(trace.get("blockNumber")),
+                               trace.get("blockHash") or "", sender, to, self.chain.native_asset_id, value))
+        return found
+
+    def _native_from_bodies(self, blocks: dict[int, dict[str, Any]]) -> list[Found]:
+        """Native transfers to or from watched addresses among the blocks' top-level transactions (a reverted
+        one, told by its receipt, moved nothing)."""
+        watch = self.watch
+        found = []
+        for number, block in blocks.items():
+            for tx in block.get("transactions") or ():
+                if not isinstance(tx, dict):
+                    continue
+                sender, to = (tx.get("from") or "").lower(), (tx.get("to") or "").lower()
+                if (to in watch or sender in watch) and to:
+                    value = to_int(tx.get("value"))
+                    if value > 0:
+                        found.append(Found(tx["hash"], NATIVE_LOG_INDEX, number, block["hash"], sender, to,
+                                           self.chain.native_asset_id, value))
+        if found:
+            receipts = self.client.batch([("eth_getTransactionReceipt", [f.tx_hash]) for f in found])
+            found = [f for f, r in zip(found, receipts, strict=True) if r is None or to_int(r.get("status", "0x1"))]
+        return found
+
+    def _fetch_chunk(self, start: int, end: int, head: int) -> Fetched:
+        """What the node says about [start, end]: native transfers, block headers (or bodies) and token logs.
+        RPC only (it runs in worker threads): no database access."""
+        native = bool(self.chain.scan_native and self.watch and self.chain.native_asset_id)
+        natives: list[Found] = []
+        bodies = native and self._native_mode() == "bodies"
+        if native and not bodies:
+            try:
+                natives = self._native_from_traces(start, end)
+            except RpcResponseError as exc:
+                if self.chain.native_source != Chain.NativeSource.AUTO or not is_unsupported(exc):
+                    raise
+                logger.warning("the node has no trace_filter; reading block bodies",
+                               extra={"chain_id": self.chain.chain_id, "error": str(exc)})
+                self.native_mode = "bodies"
+                bodies = True
+        blocks = self._fetch_blocks(start, end, head, full=bodies)
+        if bodies:
+            natives = self._native_from_bodies(blocks)
+        return Fetched(natives=natives, blocks=blocks, logs=self._fetch_logs(start, end))
+
+    def _scan_chunk(self, start: int, end: int, head: int, fetched: Fetched) -> int:
+        natives, blocks, logs = fetched.natives, fetched.blocks, fetched.logs
         # Continuity inside the chunk and against the stored block below it.
         previous = BlockRecord.objects.filter(chain=self.chain, number=start - 1).values_list("hash", flat=True).first()
         for number in sorted(blocks):
@@ -347,24 +507,17 @@ class ChainWatcher:
                 raise ReorgDuringScan(f"block {number} does not follow {expected}")
         found: list[Found] = []
         watch = self.watch
-        native_asset_id = self.chain.native_asset_id
-        if self.chain.scan_native and watch and native_asset_id:
-            for number, block in blocks.items():
-                for tx in block.get("transactions") or ():
-                    if not isinstance(tx, dict):
-                        continue
-                    to = tx.get("to")
-                    if to and to.lower() in watch:
-                        value = to_int(tx.get("value"))
-                        if value > 0:
-                            found.append(Found(tx["hash"], NATIVE_LOG_INDEX, number, block["hash"],
-                                               (tx.get("from") or "").lower(), to.lower(), native_asset_id, value))
+        for item in natives:
+            if item.block_number in blocks and blocks[item.block_number]["hash"] != item.block_hash:
+                raise ReorgDuringScan(f"trace of block {item.block_number} has another block hash")
+            found.append(item)
         for log in logs:
             topics = log.get("topics") or ()
             if len(topics) != 3 or topics[0] != TRANSFER_TOPIC or log.get("removed"):
                 continue
             to = "0x" + topics[2][-40:].lower()
-            if to not in watch:
+            sender = "0x" + topics[1][-40:].lower()
+            if to not in watch and sender not in watch:
                 continue
             token = self.tokens.get(log["address"].lower())
             if token is None:
@@ -377,7 +530,7 @@ class ChainWatcher:
             if amount <= 0:
                 continue
             found.append(Found(log["transactionHash"], to_int(log["logIndex"]), number, log["blockHash"],
-                               "0x" + topics[1][-40:].lower(), to, token.asset_id, amount))
+                               sender, to, token.asset_id, amount))
         window_floor = head - self.chain.reorg_window + 1
         records = [BlockRecord(chain=self.chain, number=n, hash=b["hash"], parent_hash=b["parentHash"])
                    for n, b in blocks.items() if n >= window_floor]
@@ -395,28 +548,38 @@ class ChainWatcher:
         return len(found)
 
     def _record(self, found: Iterable[Found], head: int) -> None:
-        """Insert new deposits (and revive ones a reorg removed that came back), with `deposit.seen` events."""
+        """Insert new deposits (incoming) and outgoing transfers of watched addresses (and revive ones a reorg
+        removed that came back), with `deposit.seen` / `outgoing.seen` events."""
         rows: list[Deposit] = []
         for item in found:
-            for owner in self.watch.get(item.to_address, ()):
-                if (owner.tenant_id, item.asset_id) not in self.offered:
-                    continue
-                rows.append(Deposit(tenant_id=owner.tenant_id, user_id=owner.user_id, address_kind=owner.kind,
-                                    chain=self.chain, tx_hash=item.tx_hash.lower(), log_index=item.log_index,
-                                    block_number=item.block_number, block_hash=item.block_hash,
-                                    from_address=item.from_address, to_address=item.to_address,
-                                    asset=self.assets[item.asset_id], amount=item.amount,
-                                    confirmations=max(0, head - item.block_number + 1)))
+            for direction, address in ((Deposit.Direction.IN, item.to_address),
+                                       (Deposit.Direction.OUT, item.from_address)):
+                for owner in self.watch.get(address, ()):
+                    if (owner.tenant_id, item.asset_id) not in self.offered:
+                        continue
+                    rows.append(Deposit(tenant_id=owner.tenant_id, user_id=owner.user_id, address_kind=owner.kind,
+                                        chain=self.chain, tx_hash=item.tx_hash.lower(), log_index=item.log_index,
+                                        direction=direction, block_number=item.block_number,
+                                        block_hash=item.block_hash, from_address=item.from_address,
+                                        to_address=item.to_address, asset=self.assets[item.asset_id],
+                                        amount=item.amount, confirmations=max(0, head - item.block_number + 1)))
         if not rows:
             return
-        keys = {(r.tenant_id, r.tx_hash, r.log_index) for r in rows}
-        existing = {(d.tenant_id, d.tx_hash, d.log_index): d for d in Deposit.all_tenants.select_for_update().filter(
-            chain=self.chain, tx_hash__in={k[1] for k in keys})}
-        new_rows = [r for r in rows if (r.tenant_id, r.tx_hash, r.log_index) not in existing]
-        revived = []
+
+        def key(d: Deposit) -> tuple[Any, ...]:
+            return d.tenant_id, d.tx_hash, d.log_index, d.direction
+
+        existing = {key(d): d for d in Deposit.all_tenants.select_for_update().filter(
+            chain=self.chain, tx_hash__in={r.tx_hash for r in rows})}
+        new_rows, revived, keys = [], [], set()
         for row in rows:
-            old = existing.get((row.tenant_id, row.tx_hash, row.log_index))
-            if old is not None and old.status == Deposit.Status.REORGED:
+            if key(row) in keys:  # the same address twice in one set of owners: one row
+                continue
+            keys.add(key(row))
+            old = existing.get(key(row))
+            if old is None:
+                new_rows.append(row)
+            elif old.status == Deposit.Status.REORGED:
                 old.block_number, old.block_hash = row.block_number, row.block_hash
                 old.status, old.entry, old.reversal = Deposit.Status.SEEN, None, None
                 old.confirmations = row.confirmations
@@ -427,8 +590,8 @@ class ChainWatcher:
         by_tenant: dict[Any, list[EventSpec]] = {}
         for deposit in new_rows + revived:
             by_tenant.setdefault(deposit.tenant_id, []).append(
-                EventSpec(stream=user_stream(deposit.user_id), type="deposit.seen", data=deposit_payload(deposit,
-                                                                                                        self.chain)))
+                EventSpec(stream=user_stream(deposit.user_id), type=event_type(deposit),
+                          data=deposit_payload(deposit, self.chain)))
         for tenant_id, events in by_tenant.items():
             events_emit(tenant=self._tenant(tenant_id), events=events)
 
@@ -469,14 +632,22 @@ class ChainWatcher:
             final_rows = [d for d in rows if head - d.block_number + 1 >= required
                           or (finalized is not None and d.block_number <= finalized)]
             externals: dict[Any, Any] = {}
-            targets = user_accounts_ensure(tenant=tenant, pairs=sorted({(d.user_id, d.asset_id) for d in final_rows}))
+            targets = user_accounts_ensure(tenant=tenant, pairs=sorted({(d.user_id, d.asset_id) for d in final_rows
+                                                                        if d.direction == Deposit.Direction.IN}))
             now = timezone.now()
             for deposit in rows:
                 deposit.confirmations = max(head - deposit.block_number + 1, deposit.confirmations)
                 if deposit not in final_rows:
                     deposit.status = Deposit.Status.CONFIRMING
                     deposit.save(update_fields=["status", "confirmations"])
-                    events.append(EventSpec(stream=user_stream(deposit.user_id), type="deposit.confirming",
+                    events.append(EventSpec(stream=user_stream(deposit.user_id), type=event_type(deposit),
+                                            data=deposit_payload(deposit, self.chain)))
+                    continue
+                if deposit.direction == Deposit.Direction.OUT:  # activity only: the ledger is not touched
+                    deposit.status = Deposit.Status.FINAL
+                    deposit.final_at = now
+                    deposit.save(update_fields=["status", "confirmations", "final_at"])
+                    events.append(EventSpec(stream=user_stream(deposit.user_id), type=event_type(deposit),
                                             data=deposit_payload(deposit, self.chain)))
                     continue
                 external = externals.get(deposit.asset_id)
@@ -485,15 +656,24 @@ class ChainWatcher:
                         tenant=tenant, asset=deposit.asset, kind=Account.Kind.EXTERNAL,
                         rail=f"chain:{self.chain.chain_id}")
                 target_id = targets[(deposit.user_id, deposit.asset_id)]
+                legs = [Leg(external.pk, -deposit.amount)]
+                # A deposit that came back after a reorg whose reversal left a shortfall repays the suspense
+                # account first (the user already had, and spent, that part).
+                repay = min(int(deposit.shortfall), int(deposit.amount))
+                if repay:
+                    legs.append(Leg(system_account(tenant=tenant, asset=deposit.asset, kind=Account.Kind.SUSPENSE,
+                                                   rail=f"chain:{self.chain.chain_id}").pk, repay))
+                if deposit.amount - repay:
+                    legs.append(Leg(target_id, deposit.amount - repay))
                 deposit.entry = apply_single(tenant, EntryDraft(
-                    kind=JournalEntry.Kind.DEPOSIT,
-                    legs=[Leg(external.pk, -deposit.amount), Leg(target_id, deposit.amount)],
+                    kind=JournalEntry.Kind.DEPOSIT, legs=legs,
                     memo=f"Deposit {deposit.tx_hash[:18]} on chain {self.chain.chain_id}"[:200],
                     reference=f"deposit:{deposit.pk}"))
                 deposit.status = Deposit.Status.FINAL
                 deposit.final_at = now
-                deposit.save(update_fields=["status", "confirmations", "entry", "final_at"])
-                events.append(EventSpec(stream=user_stream(deposit.user_id), type="deposit.final",
+                deposit.shortfall = 0
+                deposit.save(update_fields=["status", "confirmations", "entry", "final_at", "shortfall"])
+                events.append(EventSpec(stream=user_stream(deposit.user_id), type=event_type(deposit),
                                         data=deposit_payload(deposit, self.chain)))
                 finals += 1
             if events:

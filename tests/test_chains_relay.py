@@ -121,3 +121,49 @@ def test_refused_at_the_door(env: ChainEnv, signer: LocalAccount, client_a: AppC
     assert not RelayedTransaction.all_tenants.exists()
     no_key = client_a.post("/api/v1/chains/31337/transactions", {"raw": signed(signer)}, format="json")
     assert no_key.status_code == 400
+
+
+def test_a_transaction_evicted_from_the_pool_is_broadcast_again_and_completes(
+        env: ChainEnv, signer: LocalAccount, client_a: AppClient, user_a: User) -> None:
+    client_a.login_as(user_a)
+    env.anvil.rpc("evm_setAutomine", False)
+    body = relay(client_a, signed(signer)).json()
+    env.anvil.rpc("anvil_dropTransaction", body["tx_hash"])  # the node forgot it (a pool eviction, a restart)
+    assert env.anvil.rpc("eth_getTransactionByHash", body["tx_hash"]) is None
+    watcher = ChainWatcher(env.chain)
+    watcher.tick()  # unknown, nonce free, still valid: broadcast again, not dropped
+    assert RelayedTransaction.all_tenants.get(pk=body["id"]).status == "pending"
+    assert env.anvil.rpc("eth_getTransactionByHash", body["tx_hash"]) is not None
+    env.anvil.mine(3)
+    watcher.tick()
+    assert RelayedTransaction.all_tenants.get(pk=body["id"]).status == "final"
+    assert tx_events(user_a) == ["tx.pending", "tx.final"]
+
+
+def test_a_transaction_the_node_forgot_and_can_no_longer_include_ends_dropped(
+        env: ChainEnv, signer: LocalAccount, client_a: AppClient, user_a: User) -> None:
+    client_a.login_as(user_a)
+    env.anvil.rpc("evm_setAutomine", False)
+    body = relay(client_a, signed(signer, value=10**18)).json()
+    watcher = ChainWatcher(env.chain)
+    watcher.tick()
+    assert RelayedTransaction.all_tenants.get(pk=body["id"]).status == "pending"  # known to the node: waits
+    env.anvil.rpc("anvil_dropTransaction", body["tx_hash"])
+    env.anvil.rpc("anvil_setBalance", signer.address, "0x0")  # it cannot pay any more
+    watcher.tick()
+    row = RelayedTransaction.all_tenants.get(pk=body["id"])
+    assert row.status == "dropped" and "insufficient" in row.error.lower()
+    assert tx_events(user_a) == ["tx.pending", "tx.dropped"]
+
+
+def test_a_forgotten_transaction_whose_nonce_another_took_ends_replaced_not_dropped(
+        env: ChainEnv, signer: LocalAccount, client_a: AppClient, user_a: User) -> None:
+    client_a.login_as(user_a)
+    env.anvil.rpc("evm_setAutomine", False)
+    body = relay(client_a, signed(signer, nonce=0)).json()
+    env.anvil.rpc("anvil_dropTransaction", body["tx_hash"])
+    other = env.anvil.rpc("eth_sendRawTransaction", signed(signer, nonce=0, value=7))
+    env.anvil.mine(1)
+    ChainWatcher(env.chain).tick()
+    row = RelayedTransaction.all_tenants.get(pk=body["id"])
+    assert row.status == "replaced" and row.replaced_by == other

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from chains.models import Deposit
-from chains.rpc import RpcClient, RpcResponseError, RpcUnavailable
+from chains.rpc import RpcClient, RpcResponseError, RpcUnavailable, is_unsupported
 from chains.watcher import ChainWatcher, watcher_run_until_idle
 from tenants.models import Tenant, User
 from tests.fixtures.chains import fixtures
@@ -120,3 +120,25 @@ def test_watcher_carries_on_from_the_secondary_and_returns(anvil: Anvil, proxy: 
     watcher.tick()
     assert client.stats.by_url[proxy.url] > before and client.current_url == proxy.url
     assert Deposit.all_tenants.filter(tenant=tenant_a, status=Deposit.Status.FINAL).count() == 2
+
+
+def test_trace_filter_learns_the_nodes_range_limit_and_asks_for_sub_ranges_in_one_batch(anvil: Anvil) -> None:
+    """anvil answers trace_filter over more than 300 blocks with "block range too large, currently limited to
+    300": the client learns the span once and covers the range with sub-ranges in one JSON-RPC batch."""
+    funder, target = anvil.accounts()[0], new_account().address.lower()
+    anvil.mine(400)
+    first = anvil.send(funder, target, 10**15)
+    anvil.mine(300)
+    second = anvil.send(funder, target, 2 * 10**15)
+    client = RpcClient([anvil.url], retries=0)
+    traces = client.trace_filter(from_block=1, to_block=anvil.block_number(), to_addresses=[target])
+    assert [t["transactionHash"] for t in traces] == [first, second]
+    assert client.trace_span == 300 and client.stats.splits == 1
+    batches = client.stats.batches
+    assert [t["transactionHash"] for t in client.trace_filter(from_block=1, to_block=anvil.block_number(),
+                                                              from_addresses=[target])] == []
+    assert client.stats.batches == batches + 1  # the learned span: one batch, no refusal
+    with pytest.raises(RpcResponseError) as refused:
+        client.call("trace_no_such_method", [])
+    assert is_unsupported(refused.value)  # what makes `auto` fall back to block bodies
+    client.close()

@@ -183,3 +183,27 @@ def test_an_expired_nonce_is_refused_and_purged_on_the_next_issue(client_a: AppC
     assert response.status_code == 400 and response.json()["code"] == "siwe_nonce_invalid"
     nonce(client_a)
     assert not SiweNonce.all_tenants.filter(nonce=fields["nonce"]).exists()
+
+
+def test_the_scheduled_purge_deletes_expired_nonces_of_every_tenant_and_keeps_live_ones(
+        client_a: AppClient, client_b: AppClient, user_a: User, user_b: User, tenant_b: Tenant,
+        offline_chain: Any) -> None:
+    from django.conf import settings
+
+    from chains.tasks import purge_siwe_nonces
+    from wallet.celery import app as celery_app
+
+    tenant_chain_enable(tenant=tenant_b, chain=offline_chain)
+    client_a.login_as(user_a)
+    client_b.login_as(user_b)
+    expired = [nonce(client_a)["nonce"], nonce(client_b)["nonce"]]
+    live = [nonce(client_a)["nonce"], nonce(client_b)["nonce"]]
+    SiweNonce.all_tenants.filter(nonce__in=expired).update(expires_at=datetime.now(UTC) - timedelta(seconds=1))
+    # The users never ask for another nonce: only the scheduled task removes the expired ones.
+    assert purge_siwe_nonces.apply().get() == 2
+    assert sorted(SiweNonce.all_tenants.values_list("nonce", flat=True)) == sorted(live)
+    assert purge_siwe_nonces.apply().get() == 0
+    entry = settings.CELERY_BEAT_SCHEDULE["chains-purge-siwe-nonces"]
+    assert entry["task"] == "chains.purge_siwe_nonces" and entry["schedule"] == 3600
+    celery_app.loader.import_default_modules()
+    assert "chains.purge_siwe_nonces" in celery_app.tasks

@@ -21,7 +21,13 @@ from wallet.ledger.models import Account, JournalEntry
 from wallet.ledger.verify import ledger_verify
 
 pytestmark = [pytest.mark.anvil, pytest.mark.django_db]
-anvil, chain_env = fixtures.anvil, fixtures.chain_env
+anvil = fixtures.anvil
+
+
+@pytest.fixture(params=["traces", "bodies"])
+def chain_env(anvil: Any, tenant_a: Tenant, request: Any) -> ChainEnv:
+    """Every watcher test with native transfers read from `trace_filter` and from block bodies."""
+    return fixtures.chain_env_for(anvil, tenant_a, native_source=request.param)
 
 
 def balance(user: User, code: str) -> int:
@@ -237,3 +243,68 @@ def test_a_token_the_tenant_does_not_offer_is_not_a_deposit(chain_env: ChainEnv,
     watcher_run_until_idle(chain)
     assert list(Deposit.all_tenants.filter(tenant=tenant_a).values_list("tx_hash", flat=True)) == [native]
     assert balance(user_a, "TUSD:31337") == 0 and balance(user_a, "ETH:31337") == 10**18
+
+
+@pytest.mark.parametrize("spent", [6 * 10**17, 10**18])
+def test_reorg_of_a_credited_deposit_the_user_already_spent_debits_the_shortfall_to_suspense(
+        chain_env: ChainEnv, tenant_a: Tenant, user_a: User, spent: int) -> None:
+    """The reversal cannot take back what the user spent: it takes what the account holds and debits the rest
+    to the tenant's suspense account (a receivable, reported); nothing goes below zero that may not."""
+    from tests.factories import UserFactory
+    from wallet.ledger.services import transfer_create
+
+    node, chain = chain_env.anvil, chain_env.chain
+    linked = link_address(tenant_a, user_a, new_account(), 31337).address
+    tx = node.send(chain_env.funder, linked, 10**18)
+    node.mine(4)
+    watcher = ChainWatcher(chain)
+    watcher_run_until_idle(chain, watcher=watcher)
+    assert balance(user_a, "ETH:31337") == 10**18
+    friend = UserFactory(tenant=tenant_a)
+    transfer_create(tenant=tenant_a, sender=user_a, recipient=friend, asset=chain.native_asset, amount=spent)
+    before = metrics.value("chains_reversal_shortfalls_total", chain_id=31337)
+
+    node.rpc("anvil_reorg", 6, [])
+    watcher_run_until_idle(chain, watcher=watcher)
+    deposit = Deposit.all_tenants.get(tenant=tenant_a, tx_hash=tx)
+    assert deposit.status == Deposit.Status.REORGED and deposit.reversal.reverses_id == deposit.entry_id
+    assert deposit.shortfall == spent
+    assert balance(user_a, "ETH:31337") == 0 and balance(friend, "ETH:31337") == spent
+    suspense = Account.all_tenants.get(tenant=tenant_a, kind=Account.Kind.SUSPENSE, rail="chain:31337",
+                                       asset=chain.native_asset)
+    assert int(suspense.posted) == -spent
+    assert metrics.value("chains_reversal_shortfalls_total", chain_id=31337) == before + 1
+    reorged = [e for e in deposit_events(user_a) if e[0] == "deposit.reorged"]
+    assert reorged == [("deposit.reorged", tx, "reorged")]
+    assert ledger_verify(tenant=tenant_a).ok
+
+
+def test_a_spent_deposit_that_comes_back_after_a_reorg_repays_the_suspense_account_first(
+        chain_env: ChainEnv, tenant_a: Tenant, user_a: User) -> None:
+    from tests.factories import UserFactory
+    from wallet.ledger.services import transfer_create
+
+    node, chain = chain_env.anvil, chain_env.chain
+    linked = link_address(tenant_a, user_a, new_account(), 31337).address
+    tx = node.send(chain_env.funder, linked, 10**18)
+    raw = node.rpc("eth_getRawTransactionByHash", tx)
+    node.mine(4)
+    watcher = ChainWatcher(chain)
+    watcher_run_until_idle(chain, watcher=watcher)
+    friend = UserFactory(tenant=tenant_a)
+    transfer_create(tenant=tenant_a, sender=user_a, recipient=friend, asset=chain.native_asset, amount=7 * 10**17)
+
+    before = metrics.value("chains_reversal_shortfalls_total", chain_id=31337)
+    node.rpc("anvil_reorg", 5, [[raw, 0]])  # the same transaction, again at its height on the new branch
+    watcher_run_until_idle(chain, watcher=watcher)  # reversed (with a shortfall), seen again, final again
+    deposit = Deposit.all_tenants.get(tenant=tenant_a, tx_hash=tx)
+    assert metrics.value("chains_reversal_shortfalls_total", chain_id=31337) == before + 1
+    assert JournalEntry.all_tenants.filter(tenant=tenant_a, kind=JournalEntry.Kind.REVERSAL).count() == 1
+    assert deposit.status == Deposit.Status.FINAL and deposit.shortfall == 0
+    assert [t for t, h, _ in deposit_events(user_a) if h == tx][-3:] == ["deposit.reorged", "deposit.seen",
+                                                                        "deposit.final"]
+    suspense = Account.all_tenants.get(tenant=tenant_a, kind=Account.Kind.SUSPENSE, rail="chain:31337",
+                                       asset=chain.native_asset)
+    assert int(suspense.posted) == 0  # the new credit repaid the suspense account first
+    assert balance(user_a, "ETH:31337") == 3 * 10**17  # what they would hold had the reorg never happened
+    assert ledger_verify(tenant=tenant_a).ok

@@ -17,4 +17,6 @@ urlpatterns = [
     path("deposit-addresses", views.DepositAddressListApi.as_view(), name="deposit-addresses"),
     path("deposits", views.DepositListApi.as_view(), name="deposits"),
     path("deposits/<str:deposit_id>", views.DepositDetailApi.as_view(), name="deposit-detail"),
+    path("activity", views.ActivityListApi.as_view(), name="activity"),
+    path("activity/<str:activity_id>", views.ActivityDetailApi.as_view(), name="activity-detail"),
 ]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.db.models import QuerySet
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -24,6 +24,8 @@ from chains.api.serializers import (
 )
 from chains.balances import address_balances
 from chains.conf import setting
+from chains.errors import ActivityDirectionInvalid
+from chains.models import Deposit
 from chains.relay import relayed_transaction_submit
 from chains.siwe import linked_wallet_create, siwe_nonce_issue
 from wallet.core.pagination import Cursor
@@ -164,6 +166,25 @@ class DepositListApi(APIView):
     def get(self, request: Request) -> Response:
         queryset = selectors.deposit_list(tenant=request._request.tenant, user=request.user)
         return _page(self, request, queryset, DepositOutputSerializer, NewestSeenFirst)
+
+
+class ActivityListApi(APIView):
+    @extend_schema(responses={200: DepositOutputSerializer(many=True)}, operation_id="activity_list",
+                   parameters=[OpenApiParameter("direction", str, enum=["in", "out"], required=False,
+                                                description="only incoming (deposits) or outgoing transfers")])
+    def get(self, request: Request) -> Response:
+        direction = request.query_params.get("direction") or None
+        if direction not in (None, Deposit.Direction.IN, Deposit.Direction.OUT):
+            raise ActivityDirectionInvalid()
+        queryset = selectors.activity_list(tenant=request._request.tenant, user=request.user, direction=direction)
+        return _page(self, request, queryset, DepositOutputSerializer, NewestSeenFirst)
+
+
+class ActivityDetailApi(APIView):
+    @extend_schema(responses={200: DepositOutputSerializer}, operation_id="activity_get")
+    def get(self, request: Request, activity_id: str) -> Response:
+        row = selectors.access_activity(tenant=request._request.tenant, user=request.user, activity_id=activity_id)
+        return Response(DepositOutputSerializer(row).data)
 
 
 class DepositDetailApi(APIView):
