@@ -66,6 +66,8 @@ def test_recipients_are_found_case_insensitively_and_only_in_their_tenant(tenant
     assert selectors.recipient_find(tenant=tenant_a, handle="@bobby") == bob
     found = selectors.recipient_find(tenant=tenant_a, handle="BOBBY")
     assert (found.pk, found.email, found.tenant_id, found.is_active) == (bob.pk, bob.email, tenant_a.pk, True)
+    assert "password" not in found.__dict__  # only what a transfer shows is read
+    assert found.date_joined == bob.date_joined  # the rest loads on first access
     for kwargs in ({"email": "carol@example.com"}, {"handle": "carol"}, {"email": ""}, {}):
         with pytest.raises(RecipientNotFound):
             selectors.recipient_find(tenant=tenant_a, **kwargs)

@@ -108,7 +108,10 @@ def access_hold(*, tenant: Tenant, user: User, hold_id: Any) -> Hold:
     return access_by_id(Hold, tenant=tenant, object_id=hold_id, queryset=hold_list(tenant=tenant, user=user))
 
 
-_USER_FIELDS = tuple(User._meta.concrete_fields)
+# What a transfer reads of its recipient (the id, and the counterparty shown to the sender); any other
+# field is loaded by Django on first access, as for `.only()`. The password hash, for one, never is.
+_USER_FIELDS = tuple(User._meta.get_field(name) for name in
+                     ("id", "tenant", "email", "handle", "display_name", "is_active"))
 _TENANT_FIELD = User._meta.get_field("tenant")
 _RECIPIENT_SQL = {
     column: (f"SELECT {', '.join(field.column for field in _USER_FIELDS)} FROM {User._meta.db_table} "  # noqa: S608
