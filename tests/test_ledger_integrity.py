@@ -147,3 +147,21 @@ def test_ledger_verify_checks_the_tenant_and_asset_copied_onto_postings(transfer
     ok, output = _verify("--tenant", "tenant-b")
     assert not ok
     assert f"posting {posting.pk} of entry {transfer.entry_id}: tenant or asset differs" in output
+
+
+def test_ledger_verify_checks_a_transfers_parties_against_its_entry(transfer, tenant_a: Tenant) -> None:
+    """Sender, recipient and asset of a transfer are not foreign-key constraints (hot parent rows):
+    ledger_verify checks them against the accounts the transfer's entry moved."""
+    assert _verify("--tenant", "tenant-a")[0]
+    carol = UserFactory(tenant=tenant_a, email="carol@example.com")
+    ids = (lambda value: value.hex) if connection.vendor == "sqlite" else (lambda value: value)
+    _tamper("UPDATE ledger_transfer SET recipient_id = %s WHERE id = %s", [ids(carol.pk), ids(transfer.pk)])
+    ok, output = _verify("--tenant", "tenant-a")
+    assert not ok
+    assert f"transfer {transfer.pk}: sender, recipient or asset differ" in output
+    _tamper("UPDATE ledger_transfer SET recipient_id = %s, sender_id = %s WHERE id = %s",
+            [ids(transfer.sender_id), ids(transfer.recipient_id), ids(transfer.pk)])
+    assert not _verify("--tenant", "tenant-a")[0]  # swapped: the debited account is not the sender's
+    _tamper("UPDATE ledger_transfer SET recipient_id = %s, sender_id = %s WHERE id = %s",
+            [ids(transfer.recipient_id), ids(transfer.sender_id), ids(transfer.pk)])
+    assert _verify("--tenant", "tenant-a")[0]

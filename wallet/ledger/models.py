@@ -239,14 +239,18 @@ class Transfer(TenantOwned):
         REVERSED = "reversed", "Reversed"
 
     # Hot table: tenant, sender and recipient are indexed by transfer_sender_time/transfer_recipient_time
-    # (which lead with the tenant); tenant and asset are not foreign-key constraints (hot parent rows,
-    # key-share locked by every writer otherwise): the service sets them from the checked request.
+    # (which lead with the tenant). None of tenant, asset, sender and recipient is a foreign-key constraint:
+    # each check key-share locks the parent row at commit (a WAL record per user row, and the tenant and
+    # asset rows are shared by every writer). The service sets them from the rows it locked; the entry
+    # (a constraint) says whose accounts moved, and ledger_verify checks that sender and recipient are
+    # the owners of the debited and credited accounts, and that the asset is theirs.
     tenant = models.ForeignKey("tenants.Tenant", on_delete=models.PROTECT, related_name="+", db_index=False,
                                db_constraint=False)
     id = models.UUIDField(primary_key=True, default=uuid7, editable=False)
-    sender = models.ForeignKey(User, on_delete=models.PROTECT, related_name="transfers_sent", db_index=False)
+    sender = models.ForeignKey(User, on_delete=models.PROTECT, related_name="transfers_sent", db_index=False,
+                               db_constraint=False)
     recipient = models.ForeignKey(User, on_delete=models.PROTECT, related_name="transfers_received",
-                                  db_index=False)
+                                  db_index=False, db_constraint=False)
     asset = models.ForeignKey(Asset, on_delete=models.PROTECT, related_name="+", db_index=False,
                               db_constraint=False)
     amount = AmountField()

@@ -37,6 +37,10 @@ def ledger_verify(*, tenant: Tenant, max_problems: int = 100) -> VerifyReport:
             report.problems.append(text)
 
     sums: dict[UUID, int] = defaultdict(int)
+    # Transfers name their sender, recipient and asset without foreign-key constraints (see Transfer):
+    # they must be the owners and the asset of the accounts their entry debits and credits.
+    owner_of = {pk: (user_id, asset_id) for pk, user_id, asset_id in
+                Account.all_tenants.filter(tenant_id=tenant.pk).values_list("pk", "user_id", "asset_id")}
     prev_hash, expected_seq, last_seq = GENESIS_HASH, 1, 0
     while True:
         entries = list(JournalEntry.all_tenants.filter(tenant_id=tenant.pk, seq__gte=expected_seq)
@@ -48,6 +52,13 @@ def ledger_verify(*, tenant: Tenant, max_problems: int = 100) -> VerifyReport:
             tenant_id=tenant.pk, entry_id__in=[e.pk for e in entries]
         ).values_list("entry_id", "account_id", "asset_id", "amount"):
             legs_by_entry[entry_id].append((account_id, asset_id, amount))
+        for transfer_id, entry_id, sender_id, recipient_id, asset_id in Transfer.all_tenants.filter(
+            tenant_id=tenant.pk, entry_id__in=[e.pk for e in entries]
+        ).values_list("pk", "entry_id", "sender_id", "recipient_id", "asset_id"):
+            moved = {(owner_of.get(account_id), amount > 0) for account_id, _, amount
+                     in legs_by_entry.get(entry_id, [])}
+            if moved != {((sender_id, asset_id), False), ((recipient_id, asset_id), True)}:
+                problem(f"transfer {transfer_id}: sender, recipient or asset differ from the accounts its entry moves")
         for entry in entries:
             report.entries += 1
             if entry.seq != expected_seq:
