@@ -17,7 +17,7 @@ In one invocation:
     of batches of 1 and of the largest size, alone, record every SQL statement and how long the
     tenant's ledger head stays locked.
 (c) `POST /api/v1/transfers` (X-App-Key, Bearer token of one of 64 senders, a fresh Idempotency-Key
-    per request, JSON body) on gunicorn with 4 sync workers and with 4 gthread workers x 4 threads, with
+    per request, JSON body) on gunicorn with 4 sync workers, 2 gthread workers x 8 threads and 4 x 4, with
     wrk (bench/ledger_transfers.lua), each back to back with the bare Django view on the same server;
     then, on the better server, a run paced at half its maximum, for the p99.
 
@@ -38,7 +38,7 @@ The last line printed is
 Tunables (environment): BENCH_SECONDS (8, measured seconds per run), BENCH_WARMUP_SECONDS (2),
 BENCH_PGBENCH_SECONDS (8), BENCH_PGBENCH_SCALE (10), BENCH_CLIENTS (8: pgbench clients and service
 workers), BENCH_BATCH_SIZES (1,16,64,256), BENCH_USERS (1000), BENCH_ZIPF_S (1.1), BENCH_HTTP_SENDERS (64),
-BENCH_THREADS (2), BENCH_CONNECTIONS (16), BENCH_HTTP_WORKERS (4), BENCH_HTTP_THREADS (4),
+BENCH_THREADS (2), BENCH_CONNECTIONS (16), BENCH_HTTP_WORKERS (2), BENCH_HTTP_THREADS (8),
 BENCH_PYSPY_DIR (unset; if set, py-spy raw profiles of worker 0 during each service run and of the
 gunicorn workers during each HTTP maximum run go there: summarise them with bench/ledger_profile.py).
 """
@@ -91,8 +91,8 @@ ZIPF_S = float(os.environ.get("BENCH_ZIPF_S", "1.1"))
 HTTP_SENDERS = int(os.environ.get("BENCH_HTTP_SENDERS", "64"))
 THREADS = int(os.environ.get("BENCH_THREADS", "2"))
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "16"))
-HTTP_WORKERS = int(os.environ.get("BENCH_HTTP_WORKERS", "4"))
-HTTP_THREADS = int(os.environ.get("BENCH_HTTP_THREADS", "4"))
+HTTP_WORKERS = int(os.environ.get("BENCH_HTTP_WORKERS", "2"))
+HTTP_THREADS = int(os.environ.get("BENCH_HTTP_THREADS", "8"))
 PYSPY_DIR = os.environ.get("BENCH_PYSPY_DIR", "")
 
 FUNDING = 10_000_000  # smallest units per user ($100,000.00)
@@ -551,10 +551,14 @@ def http_phase(servers: Servers, env: dict[str, str], bench_tenant: BenchTenant,
     http_probe(bench_tenant, tokens[0], bench_tenant.users[-1].email)
     connections.close_all()
 
-    gunicorn = [sys.executable, "-m", "gunicorn", "-w", str(HTTP_WORKERS), "--log-level", "warning"]
+    gunicorn = [sys.executable, "-m", "gunicorn", "--log-level", "warning"]
+    # sync workers, the default threaded shape, and the same thread count spread over twice the workers
     kinds = {
-        "sync": [],
-        f"gthread{HTTP_THREADS}": ["-k", "gthread", "--threads", str(HTTP_THREADS)],
+        "sync": ["-w", str(HTTP_WORKERS * 2)],
+        f"gthread{HTTP_WORKERS}x{HTTP_THREADS}": ["-w", str(HTTP_WORKERS), "-k", "gthread", "--threads",
+                                                  str(HTTP_THREADS)],
+        f"gthread{HTTP_WORKERS * 2}x{max(HTTP_THREADS // 2, 1)}": ["-w", str(HTTP_WORKERS * 2), "-k", "gthread",
+                                                                   "--threads", str(max(HTTP_THREADS // 2, 1))],
     }
     bases = {}
     for name, extra in kinds.items():
@@ -684,7 +688,7 @@ def run(servers: Servers, work_dir: Path) -> int:
         f"{' and '.join(f'{r.tps:.0f}' for r in best_runs)}), ratio {ratio(service, reference):.3f}; hot: "
         f"{hot_run.tps:.0f} transfers/s at batch size {best_batch}, {ratio(hot_run.tps, again.tps):.3f} of the uniform "
         f"run just before it")
-    say(f"http: gunicorn {server_name} ({HTTP_WORKERS} workers), {http_best.rps:.0f} req/s, p99 at the maximum "
+    say(f"http: gunicorn {server_name}, {http_best.rps:.0f} req/s, p99 at the maximum "
         f"{http_best.p99_ms:.1f} ms; paced at {paced.rps:.0f} req/s: p99 {paced.p99_ms:.1f} ms")
     say(f"bench-ledger took {time.monotonic() - started:.0f}s; load average at the end {loadavg()}")
     verdict = "ok" if all_ok else "FAILED"
