@@ -25,6 +25,7 @@ VALUES_MAX_ROWS = 16
 Statement = tuple[str, list[Any]]
 # Statements longer than this are not prepared (their shape rarely repeats: a batch's row counts).
 PREPARE_MAX_LENGTH = 8000
+_NEVER_BY_COUNT = 2**31 - 1
 
 
 @functools.lru_cache(maxsize=512)
@@ -49,7 +50,13 @@ class HotCursor:
 
         self.db = connection
         connection.ensure_connection()
-        self.cursor = psycopg.RawCursor(connection.connection)
+        raw = connection.connection
+        if raw.prepare_threshold is None:
+            # Django leaves psycopg's automatic preparation off (None), and then `prepare=True` is ignored
+            # too. A threshold that no statement reaches keeps it off for everything else (Django's
+            # client-side cursors never prepare anyway) and lets the statements here ask for it.
+            raw.prepare_threshold = _NEVER_BY_COUNT
+        self.cursor = psycopg.RawCursor(raw)
 
     def execute(self, sql: str, params: Sequence[Any] = (), prepare: bool | None = None) -> None:
         db = self.db
