@@ -50,6 +50,12 @@ def fresh_seconds() -> int:
     return _int("BALANCES_FRESH_SECONDS", 60)
 
 
+def head_check_seconds() -> float:
+    """How long a process reuses the user's stream head it read for a warm read (default 1; 0: read it on
+    every request). A change committed by another process shows within this; by the same process at once."""
+    return _float("BALANCES_HEAD_CHECK_SECONDS", 1.0)
+
+
 def keep_seconds() -> int:
     """How long a cached aggregate is kept for `stale` answers (last known values) (default 86400)."""
     return _int("BALANCES_KEEP_SECONDS", 86_400)

@@ -45,8 +45,9 @@ from wallet.balances.providers.banking import BankAccount
 from wallet.balances.providers.errors import ProviderError, ProviderNotConfigured, ProviderNotFound
 from wallet.balances.providers.factory import banking_provider, breaker_key, price_provider, provider_configs
 from wallet.balances.runner import Outcome, fetch_all, guarded, read_local, run_async, start
-from wallet.balances.selectors import display_currency_of, stream_position
+from wallet.balances.selectors import display_currency_of, stream_heads_forget, stream_position
 from wallet.balances.sources import sources_for
+from wallet.core.jsonutil import dumps
 from wallet.events.services import EventSpec, events_emit, user_stream
 
 logger = logging.getLogger("wallet.balances")
@@ -73,6 +74,7 @@ def local_snapshots_clear() -> None:
     _local_snapshots.clear()
     _local_rates.clear()
     _rendered.clear()
+    stream_heads_forget()
 
 
 def snapshot_key(tenant_id: Any, user_id: Any) -> str:
@@ -301,12 +303,29 @@ def balances_read(*, tenant: Tenant, user: User, currency: str | None = None, re
                   sequential: bool = False) -> dict[str, Any]:
     """The user's balances in `currency` (default: their preference). From the cached snapshot when it is
     fresh and the user's stream has not moved (no provider touched); otherwise refreshed first."""
+    snapshot, now = _snapshot_for_read(tenant, user, currency, refresh, sequential)
+    return _render_for(tenant, user, snapshot, currency, now)[1]
+
+
+def balances_read_json(*, tenant: Tenant, user: User, currency: str | None = None,
+                       refresh: bool = False) -> bytes:
+    """`balances_read` as the JSON bytes of the API body (encoded once per snapshot, rates and second)."""
+    snapshot, now = _snapshot_for_read(tenant, user, currency, refresh, False)
+    entry = _render_for(tenant, user, snapshot, currency, now)
+    if entry[2] is None:
+        entry[2] = dumps(entry[1])
+    return entry[2]
+
+
+def _snapshot_for_read(tenant: Tenant, user: User, currency: str | None, refresh: bool,
+                       sequential: bool) -> tuple[dict[str, Any], float]:
     if currency:
         currency_info(currency)
     if refresh:  # pull to refresh: no need to validate anything first
-        snapshot = balances_refresh(tenant=tenant, user=user, sequential=sequential)
-        return _render_for(tenant, user, snapshot, currency, time.time())
-    position = stream_position(tenant=tenant, user=user)
+        return balances_refresh(tenant=tenant, user=user, sequential=sequential), time.time()
+    # The head: one indexed read, or this process's copy of it when read within BALANCES_HEAD_CHECK_SECONDS
+    # (a change committed by this process voids the copy at once; see selectors.stream_position).
+    position = stream_position(tenant=tenant, user=user, max_age=conf.head_check_seconds())
     key = snapshot_key(tenant.pk, user.pk)
     now = time.time()
     fresh = conf.fresh_seconds()
@@ -327,28 +346,29 @@ def balances_read(*, tenant: Tenant, user: User, currency: str | None = None, re
                                         sequential=sequential)
             now = time.time()
     assert snapshot is not None
-    return _render_for(tenant, user, snapshot, currency, now)
+    return snapshot, now
 
 
-_rendered: dict[tuple[str, str], tuple[tuple[Any, ...], dict[str, Any]]] = {}
+# (snapshot key, quote) -> [marker, body, its JSON bytes or None]
+_rendered: dict[tuple[str, str], list[Any]] = {}
 
 
 def _render_for(tenant: Tenant, user: User, snapshot: dict[str, Any], currency: str | None,
-                now: float) -> dict[str, Any]:
-    """The body for `snapshot` in `currency`; the same snapshot, rates and second render once per process
-    (ages are whole seconds)."""
+                now: float) -> list[Any]:
+    """[marker, body, JSON or None] for `snapshot` in `currency`; the same snapshot, rates and second render
+    once per process (ages are whole seconds)."""
     quote = currency.strip().upper() if currency else snapshot["currency"]
     rates = snapshot["rates"] if snapshot["rates"]["quote"] == quote else rates_get(tenant=tenant, quote=quote)
     marker = (snapshot["computed_at"], snapshot["pos"], rates["as_of"], rates["status"], int(now))
     cache_key = (snapshot_key(tenant.pk, user.pk), quote)
     hit = _rendered.get(cache_key)
     if hit is not None and hit[0] == marker:
-        return hit[1]
-    body = balances_render(snapshot, quote=quote, rates=rates, now=now)
+        return hit
+    entry = [marker, balances_render(snapshot, quote=quote, rates=rates, now=now), None]
     if len(_rendered) >= _LOCAL_MAX:
         _rendered.clear()
-    _rendered[cache_key] = (marker, body)
-    return body
+    _rendered[cache_key] = entry
+    return entry
 
 
 def balances_invalidate(*, tenant_id: Any, user_id: Any) -> None:

@@ -16,7 +16,7 @@ import json
 import logging
 import sqlite3
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -42,6 +42,7 @@ __all__ = [
     "TransactionRequiredError",
     "events_emit",
     "events_purge_published",
+    "register_commit_listener",
     "tenant_stream",
     "user_stream",
 ]
@@ -124,7 +125,32 @@ def events_emit(*, tenant: Tenant, events: Sequence[EventSpec], returning: bool 
         OutboxEvent.all_tenants.using(alias).bulk_create(rows)
 
     _wake_relay_after_commit(connection, alias, notified=notify is not None)
+    if _commit_listeners:
+        streams = tuple(counts)
+        transaction.on_commit(lambda: _committed(tenant.pk, streams), using=alias, robust=True)
     return rows
+
+
+# Called in the committing process, after commit, with (tenant id, streams that got events): lets an app
+# of this process react at once (the balances app drops its per-process copy of those users' stream heads).
+# Other processes hear of events through the relay (`wallet.events.relay.register_publish_listener`).
+CommitListener = Callable[[Any, tuple[str, ...]], None]
+_commit_listeners: list[CommitListener] = []
+
+
+def register_commit_listener(listener: CommitListener) -> None:
+    """Call `listener(tenant_id, streams)` after each commit that emitted events, in the committing process
+    (once per `events_emit` call). It must be quick and must not raise (exceptions are logged)."""
+    if listener not in _commit_listeners:
+        _commit_listeners.append(listener)
+
+
+def _committed(tenant_id: Any, streams: tuple[str, ...]) -> None:
+    for listener in list(_commit_listeners):
+        try:
+            listener(tenant_id, streams)
+        except Exception:
+            logger.exception("commit listener failed", extra={"listener": getattr(listener, "__name__", "?")})
 
 
 def _encode(data: dict[str, Any]) -> str:
