@@ -71,6 +71,12 @@ def refresh_seconds() -> float:
     return _float("BALANCES_REFRESH_SECONDS", 30.0)
 
 
+def refresh_debounce_seconds() -> float:
+    """How long after a ledger change or a deposit the event-driven refresh of the user runs; further
+    changes of the user meanwhile are taken in by the same refresh (default 1)."""
+    return _float("BALANCES_REFRESH_DEBOUNCE_SECONDS", 1.0)
+
+
 def breaker_failures() -> int:
     """Consecutive failures that open a provider's circuit (default 5)."""
     return _int("BALANCES_BREAKER_FAILURES", 5)

@@ -90,3 +90,22 @@ class BalancePreference(TenantOwned):
 
     def __str__(self) -> str:
         return f"{self.user_id}: {self.display_currency}"
+
+
+class SnapshotPosition(TenantOwned):
+    """Where a user's cached aggregate stands in their event stream: the stream head it was computed at
+    (`position`) and when. Written by a refresh when the position moved (or on the first snapshot), so the
+    scheduled refresh finds, with one query, the users whose stream moved since their snapshot (a change
+    that no event-driven refresh has taken in yet), and the relay's listener finds which users have a
+    snapshot worth refreshing. The snapshot itself stays in the cache."""
+
+    user = models.OneToOneField(User, on_delete=models.CASCADE, primary_key=True, related_name="+")
+    stream = models.CharField(max_length=64, help_text="The user's stream (`user:<hex>`), to join the cursor")
+    position = models.BigIntegerField()
+    refreshed_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [models.Index(fields=["tenant", "stream"], name="balances_snapshot_stream")]
+
+    def __str__(self) -> str:
+        return f"{self.stream}@{self.position}"

@@ -84,7 +84,7 @@ def stream_position(*, tenant: Tenant, user: User, max_age: float = 0.0) -> int:
     cached = max_age > 0 and not connection.in_atomic_block
     if cached:
         hit = _heads.get(key)
-        if hit is not None and hit[2] == mark and time.monotonic() - hit[1] < max_age:
+        if hit is not None and hit[2] == mark and 0 <= time.monotonic() - hit[1] < max_age:
             return hit[0]
     read_at = time.monotonic()
     position = _read_position(connection, alias, tenant, user)

@@ -39,7 +39,7 @@ from wallet.balances.errors import (
     BankingUnavailable,
     UnsupportedCurrency,
 )
-from wallet.balances.models import BalancePreference, LinkedBankAccount, ProviderConfig
+from wallet.balances.models import BalancePreference, LinkedBankAccount, ProviderConfig, SnapshotPosition
 from wallet.balances.money import display_text, exact_sum, exact_value
 from wallet.balances.providers.banking import BankAccount
 from wallet.balances.providers.errors import ProviderError, ProviderNotConfigured, ProviderNotFound
@@ -255,9 +255,42 @@ def balances_refresh(*, tenant: Tenant, user: User, previous: dict[str, Any] | N
         # Our own event moved the head; anything else that landed meanwhile must still invalidate.
         seq = rows[0].seq
         snapshot["pos"] = seq if seq == position + 1 else position
+    _position_record(tenant, user, snapshot, previous)
     cache.set(key, snapshot, conf.keep_seconds())
     _remember(key, snapshot)
     return snapshot
+
+
+def _position_record(tenant: Tenant, user: User, snapshot: dict[str, Any], previous: dict[str, Any] | None) -> None:
+    """Keep the user's `SnapshotPosition` row in step with the snapshot: one upsert when the position moved
+    (or on a first snapshot, or once the row is older than half of `BALANCES_KEEP_SECONDS`); nothing on a
+    refresh that found the stream where it was (pull to refresh, the scheduled bank refresh)."""
+    now = snapshot["computed_at"]
+    recorded = (previous or {}).get("recorded_at")
+    if (previous is not None and previous.get("pos") == snapshot["pos"] and recorded is not None
+            and now - recorded < conf.keep_seconds() / 2):
+        snapshot["recorded_at"] = recorded
+        return
+    SnapshotPosition.all_tenants.bulk_create(
+        [SnapshotPosition(tenant=tenant, user_id=user.pk, stream=user_stream(user.pk), position=snapshot["pos"],
+                          refreshed_at=datetime.fromtimestamp(now, UTC))],
+        update_conflicts=True, unique_fields=["user"], update_fields=["position", "refreshed_at"])
+    snapshot["recorded_at"] = now
+
+
+def balances_refresh_if_moved(*, tenant: Tenant, user: User) -> bool:
+    """Refresh the user's snapshot if they have one and their stream moved past it (what the event-driven
+    refresh does); returns whether it refreshed."""
+    if not SnapshotPosition.objects.for_tenant(tenant).filter(user_id=user.pk).exists():
+        return False
+    position = stream_position(tenant=tenant, user=user)
+    previous = cache.get(snapshot_key(tenant.pk, user.pk))
+    if previous is not None and previous.get("v") != SNAPSHOT_VERSION:
+        previous = None
+    if previous is not None and previous["pos"] == position:
+        return False
+    balances_refresh(tenant=tenant, user=user, previous=previous, position=position)
+    return True
 
 
 def balances_render(snapshot: dict[str, Any], *, quote: str, rates: dict[str, Any], now: float) -> dict[str, Any]:

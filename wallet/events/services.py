@@ -126,8 +126,9 @@ def events_emit(*, tenant: Tenant, events: Sequence[EventSpec], returning: bool 
 
     _wake_relay_after_commit(connection, alias, notified=notify is not None)
     if _commit_listeners:
-        streams = tuple(counts)
-        transaction.on_commit(lambda: _committed(tenant.pk, streams), using=alias, robust=True)
+        # Told at commit by `_after_commit` (the transaction's one hook); a rollback leaves them for the
+        # next commit of this connection, which only tells listeners of a stream that did not move.
+        connection.__dict__.setdefault(_PENDING_ATTRIBUTE, set()).update((tenant.pk, stream) for stream in counts)
     return rows
 
 
@@ -140,17 +141,30 @@ _commit_listeners: list[CommitListener] = []
 
 def register_commit_listener(listener: CommitListener) -> None:
     """Call `listener(tenant_id, streams)` after each commit that emitted events, in the committing process
-    (once per `events_emit` call). It must be quick and must not raise (exceptions are logged)."""
+    (once per tenant of the transaction's events). It must be quick and must not raise (exceptions are
+    logged)."""
     if listener not in _commit_listeners:
         _commit_listeners.append(listener)
 
 
-def _committed(tenant_id: Any, streams: tuple[str, ...]) -> None:
+_PENDING_ATTRIBUTE = "_events_streams_to_tell"
+
+
+def _tell_commit_listeners() -> None:
+    connection = connections[router.db_for_write(OutboxEvent)]
+    pending = connection.__dict__.pop(_PENDING_ATTRIBUTE, None)
+    if not pending:
+        return
+    by_tenant: dict[Any, list[str]] = {}
+    for tenant_id, stream in pending:
+        by_tenant.setdefault(tenant_id, []).append(stream)
     for listener in list(_commit_listeners):
-        try:
-            listener(tenant_id, streams)
-        except Exception:
-            logger.exception("commit listener failed", extra={"listener": getattr(listener, "__name__", "?")})
+        for tenant_id, streams in by_tenant.items():
+            try:
+                listener(tenant_id, tuple(streams))
+            except Exception:
+                logger.exception("commit listener failed",
+                                 extra={"listener": getattr(listener, "__name__", "?")})
 
 
 def _encode(data: dict[str, Any]) -> str:
@@ -271,6 +285,8 @@ def _bump_cursors_portably(connection: BaseDatabaseWrapper, tenant: Tenant, coun
 
 def _after_commit() -> None:
     from wallet.events.relay import wake_relay
+
+    _tell_commit_listeners()
 
     wake_relay()
 
