@@ -35,11 +35,18 @@ from wallet.balances.errors import (
     BankAccountAlreadyLinked,
     BankAccountNotFound,
     BankAccountNotOpen,
+    BankCustomerTaken,
     BankingNotConfigured,
     BankingUnavailable,
     UnsupportedCurrency,
 )
-from wallet.balances.models import BalancePreference, LinkedBankAccount, ProviderConfig, SnapshotPosition
+from wallet.balances.models import (
+    BalancePreference,
+    BankCustomer,
+    LinkedBankAccount,
+    ProviderConfig,
+    SnapshotPosition,
+)
 from wallet.balances.money import display_text, exact_sum, exact_value
 from wallet.balances.providers.banking import BankAccount
 from wallet.balances.providers.errors import ProviderError, ProviderNotConfigured, ProviderNotFound
@@ -478,9 +485,11 @@ def bank_account_verify(*, tenant: Tenant, account_ref: str) -> tuple[str, BankA
 
 
 def bank_account_link(*, tenant: Tenant, user: User, account_ref: str) -> LinkedBankAccount:
-    """Link the provider's account `account_ref` to the user, after the provider confirmed it is open.
-    One active link per provider account in a tenant (409 `bank_account_already_linked`)."""
+    """Link the provider's account `account_ref` to the user, after the provider confirmed it is open and,
+    when it names the account's owners, that the user's customer (`BankCustomer`) is one of them. One
+    active link per provider account in a tenant (409 `bank_account_already_linked`)."""
     provider, bank = bank_account_verify(tenant=tenant, account_ref=account_ref)
+    _check_owner(tenant, user, provider, bank)
     try:
         with transaction.atomic():
             account = LinkedBankAccount.all_tenants.create(
@@ -492,6 +501,35 @@ def bank_account_link(*, tenant: Tenant, user: User, account_ref: str) -> Linked
         raise BankAccountAlreadyLinked() from exc
     _invalidate_on_commit(tenant.pk, user.pk)
     return account
+
+
+def _check_owner(tenant: Tenant, user: User, provider: str, bank: BankAccount) -> None:
+    """Refuse an account whose owners at the provider do not include the user's customer there. An adapter
+    that cannot tell (no owners: the sandbox) is not checked; nor is a tenant whose banking config sets
+    `options.verify_owner = false` (its onboarding does not record customers yet). The refusal is the
+    answer for an unknown account (422 `bank_account_not_found`): no probing other people's accounts."""
+    if not bank.owners:
+        return
+    config = provider_configs(tenant=tenant).get(ProviderConfig.Kind.BANKING)
+    if config is not None and (config.options or {}).get("verify_owner") is False:
+        return
+    owned = BankCustomer.objects.for_tenant(tenant).filter(user=user, provider=provider,
+                                                           customer_ref__in=bank.owners).exists()
+    if not owned:
+        logger.info("bank account not owned by the user", extra={"user": str(user.pk), "provider": provider})
+        raise BankAccountNotFound()
+
+
+def bank_customer_set(*, tenant: Tenant, user: User, provider: str, customer_ref: str) -> BankCustomer:
+    """Record who the user is at the tenant's banking provider (onboarding); replaces a previous one. 409
+    `bank_customer_taken` when another user of the tenant has that customer."""
+    try:
+        with transaction.atomic():
+            customer, _ = BankCustomer.all_tenants.update_or_create(
+                tenant=tenant, user=user, provider=provider, defaults={"customer_ref": customer_ref.strip()})
+    except IntegrityError as exc:
+        raise BankCustomerTaken() from exc
+    return customer
 
 
 def bank_account_remove(*, tenant: Tenant, account: LinkedBankAccount) -> LinkedBankAccount:
