@@ -240,6 +240,35 @@ def test_a_change_committed_by_this_process_shows_at_once(people: dict[str, User
     assert usd_amount(services.balances_read(tenant=recipient.tenant, user=recipient)) == "1"
 
 
+def test_a_snapshot_refreshed_by_another_process_is_served_without_a_refresh(people: dict[str, User],
+                                                                            monkeypatch: pytest.MonkeyPatch,
+                                                                            settings: Any) -> None:
+    from wallet.balances import selectors
+    from wallet.events import services as events_services
+
+    settings.BALANCES_HEAD_CHECK_SECONDS = 3600
+    monkeypatch.setattr(selectors.time, "monotonic", lambda: 1000.0)
+    sender = people["sender"]
+    tenant = sender.tenant
+    selectors.stream_heads_forget()
+    services.balances_read(tenant=tenant, user=sender)  # this process holds the head (N)
+    key = services.snapshot_key(tenant.pk, sender.pk)
+
+    # when another process changes the balance and refreshes the snapshot (its head then N+2: the change
+    # and its balances.updated), and this process has no copy of the snapshot
+    with monkeypatch.context() as elsewhere:
+        elsewhere.setattr(events_services, "_commit_listeners", [])
+        fund(sender, 7)
+        refreshed = services.balances_refresh(tenant=tenant, user=sender)
+    services._local_snapshots.pop(key)
+
+    # then this process serves that snapshot: its copy of the head was behind, so it read the head again
+    # instead of refreshing the aggregate once more
+    body = services.balances_read(tenant=tenant, user=sender)
+    assert usd_amount(body) == "10007"
+    assert services._local_snapshots[key]["computed_at"] == refreshed["computed_at"]
+
+
 def test_the_fast_path_answers_like_the_api_view(people: dict[str, User],
                                                  django_assert_max_num_queries: Any) -> None:
     from tests.conftest import app_key_of

@@ -66,7 +66,7 @@ def stream_heads_forget() -> None:
     _marks.clear()
 
 
-def stream_position(*, tenant: Tenant, user: User, max_age: float = 0.0) -> int:
+def stream_position(*, tenant: Tenant, user: User, max_age: float = 0.0, reread: bool = False) -> int:
     """The head of the user's event stream (0 before any event): one read on a unique index. Every ledger
     change of the user moves it (`account.balance_changed`), so a cached aggregate remembers it.
 
@@ -82,7 +82,7 @@ def stream_position(*, tenant: Tenant, user: User, max_age: float = 0.0) -> int:
     key = (tenant.pk.hex, user.pk.hex)
     mark = _marks.get(key, 0)
     cached = max_age > 0 and not connection.in_atomic_block
-    if cached:
+    if cached and not reread:
         hit = _heads.get(key)
         if hit is not None and hit[2] == mark and 0 <= time.monotonic() - hit[1] < max_age:
             return hit[0]

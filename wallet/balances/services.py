@@ -381,6 +381,11 @@ def _snapshot_for_read(tenant: Tenant, user: User, currency: str | None, refresh
         if shared is not None:
             snapshot = shared
             _remember(key, shared)
+            if shared["pos"] > position:
+                # Taken after a head this process has not seen yet (another process refreshed it): the
+                # copy of the head is behind, read it again rather than refresh for nothing.
+                position = stream_position(tenant=tenant, user=user, max_age=conf.head_check_seconds(),
+                                           reread=True)
         if not usable(snapshot):
             snapshot = balances_refresh(tenant=tenant, user=user, previous=snapshot, position=position,
                                         sequential=sequential)
