@@ -22,7 +22,7 @@ Last line:
     balances: cold_p50_ms=<n> sequential_p50_ms=<n> concurrency_ratio=<sequential/cold> warm=<req/s>
               warm_ratio=<warm/bare_django> warm_p99_ms=<n>        (on one line)
 
-Tunables (environment): BENCH_SECONDS (8), BENCH_WARMUP_SECONDS (2), BENCH_ROUNDS (2), BENCH_THREADS (2),
+Tunables (environment): BENCH_SECONDS (8), BENCH_WARMUP_SECONDS (2), BENCH_ROUNDS (3), BENCH_THREADS (2),
 BENCH_CONNECTIONS (16).
 """
 
@@ -55,7 +55,7 @@ from bench.harness import (
 
 SECONDS = int(os.environ.get("BENCH_SECONDS", "8"))
 WARMUP_SECONDS = int(os.environ.get("BENCH_WARMUP_SECONDS", "2"))
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 THREADS = int(os.environ.get("BENCH_THREADS", "2"))
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "16"))
 WORKERS = 2
@@ -149,6 +149,8 @@ def run(servers: Servers) -> None:
                 f"p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms")
     warm = median([r.requests_per_second for r in results["warm"]])
     bare = median([r.requests_per_second for r in results["bare_django"]])
+    say("  per-round warm/bare: " + " ".join(f"{w.requests_per_second / b.requests_per_second:.2f}"
+                                            for w, b in zip(results["warm"], results["bare_django"], strict=True)))
 
     target = warm / 2
     connections = max(THREADS, min(CONNECTIONS, round(target * 0.01)))
