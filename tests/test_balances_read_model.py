@@ -293,3 +293,29 @@ def test_the_fast_path_answers_like_the_api_view(people: dict[str, User],
     other = AppClient(app_key_of(people["other_tenant"].tenant))
     other.login_as(sender)  # a token of tenant A with tenant B's app key
     assert other.get("/api/v1/balances").json()["code"] == "token_tenant_mismatch"
+
+
+def test_embedded_default_the_in_process_relay_refreshes_after_a_transfer(people: dict[str, User], eager: None,
+                                                                          settings: Any) -> None:
+    import time
+
+    from wallet.events.relay import stop_in_process_relay
+
+    # given the embedded default: the relay is a thread of this process, tasks run in process
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    settings.OUTBOX_RELAY_IN_PROCESS = True
+    sender, recipient = people["sender"], people["recipient"]
+    try:
+        # when a transfer commits (its on-commit hook wakes the relay thread)
+        transfer_create(tenant=sender.tenant, sender=sender, recipient=recipient, asset=asset("USD"),
+                        amount=300)
+
+        # then, without anyone calling the relay or reading, both get balances.updated
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not (updated_events(sender) and updated_events(recipient)):
+            time.sleep(0.02)
+    finally:
+        stop_in_process_relay()
+    assert [e["total"]["value"] for e in updated_events(sender)] == ["97.00"]
+    assert [e["total"]["value"] for e in updated_events(recipient)] == ["3.00"]
+    assert updated_events(people["bystander"]) == []
