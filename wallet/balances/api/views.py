@@ -28,8 +28,9 @@ from wallet.idempotency.api import idempotency_key_parameter, idempotent
 
 
 class BalancesApi(APIView):
-    """Every balance of the user in their display currency. Built without a serializer on purpose: it is
-    the home screen's hot path (the warm answer is one indexed read and one cache read)."""
+    """Every balance of the user in their display currency, from the cached snapshot while it is fresh and
+    the user's event stream has not moved. Built without a serializer on purpose: it is the home screen's
+    hot path."""
 
     class FilterSerializer(serializers.Serializer):
         currency = serializers.CharField(max_length=3, required=False,
