@@ -7,10 +7,13 @@ embedded default), keyed by tenant and user:
     {"v", "pos", "computed_at", "currency", "sources": [...], "rates": {...}, "fingerprint"}
 
 It is served without touching any provider while (a) it is younger than `BALANCES_FRESH_SECONDS` and
-(b) the user's event-stream head (`pos`, one indexed read) has not moved: every ledger change of the user
-writes `account.balance_changed` to that stream, so a transfer or a deposit invalidates the snapshot
-without the ledger knowing about this app. A refresh fetches every source concurrently, keeps the last
-known entries of a failing source (`stale`) and emits `balances.updated` when the balances changed.
+(b) the user's event-stream head (`pos`) has not moved: every ledger change of the user writes
+`account.balance_changed` to that stream, so a transfer or a deposit invalidates the snapshot without the
+ledger knowing about this app. The head is one indexed read, or this process's copy of it for at most
+`BALANCES_HEAD_CHECK_SECONDS` (voided at once by this process's own commits). A refresh fetches every
+source concurrently, keeps the last known entries of a failing source (`stale`) and emits
+`balances.updated` when the balances changed; the relay's listener (`listeners.py`) schedules one after
+each ledger change or deposit, and the scheduled refresh covers bank balances and moved streams.
 """
 
 from __future__ import annotations
