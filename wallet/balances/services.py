@@ -28,7 +28,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.core.cache import cache
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from django.utils import timezone
 
 from tenants.models import Tenant, User
@@ -281,10 +281,15 @@ def _position_record(tenant: Tenant, user: User, snapshot: dict[str, Any], previ
             and now - recorded < conf.keep_seconds() / 2):
         snapshot["recorded_at"] = recorded
         return
-    SnapshotPosition.all_tenants.bulk_create(
-        [SnapshotPosition(tenant=tenant, user_id=user.pk, stream=user_stream(user.pk), position=snapshot["pos"],
-                          refreshed_at=datetime.fromtimestamp(now, UTC))],
-        update_conflicts=True, unique_fields=["user"], update_fields=["position", "refreshed_at"])
+    try:
+        with transaction.atomic():  # a savepoint inside a caller's transaction
+            SnapshotPosition.all_tenants.bulk_create(
+                [SnapshotPosition(tenant=tenant, user_id=user.pk, stream=user_stream(user.pk),
+                                  position=snapshot["pos"], refreshed_at=datetime.fromtimestamp(now, UTC))],
+                update_conflicts=True, unique_fields=["user"], update_fields=["position", "refreshed_at"])
+    except DatabaseError:  # e.g. the user was just deleted: the answer does not depend on this row
+        logger.warning("could not record the snapshot position", exc_info=True, extra={"user": str(user.pk)})
+        return
     snapshot["recorded_at"] = now
 
 
