@@ -257,7 +257,11 @@ def unit_tenant(user_a: User) -> Iterator[Recorder]:
 
 def test_link_and_read_balances_through_unit_and_coingecko(unit_tenant: Recorder, client_a: AppClient,
                                                            user_a: User) -> None:
+    from wallet.balances.services import bank_customer_set
+
     client_a.login_as(user_a)
+    # onboarding recorded user_a as Unit's customer 45555, the owner of account 42 in the documented payload
+    bank_customer_set(tenant=user_a.tenant, user=user_a, provider="unit", customer_ref="45555")
 
     linked = client_a.post("/api/v1/bank-accounts", {"account_ref": "42"}, format="json",
                            HTTP_IDEMPOTENCY_KEY="link-42")

@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from tenants.admin_scoping import TenantScopedAdmin
 from wallet.balances.crypto import credentials_encrypt
-from wallet.balances.models import LinkedBankAccount, ProviderConfig
+from wallet.balances.models import BankCustomer, LinkedBankAccount, ProviderConfig
 
 
 class ProviderConfigForm(forms.ModelForm):
@@ -78,3 +78,14 @@ class LinkedBankAccountAdmin(TenantScopedAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+@admin.register(BankCustomer)
+class BankCustomerAdmin(TenantScopedAdmin):
+    """Who each user is at the banking provider (their customer id): linking an account the provider says
+    belongs to other customers is refused."""
+
+    list_display = ("user", "provider", "customer_ref", "created_at")
+    list_filter = ("provider",)
+    search_fields = ("user__email", "customer_ref")
+    fields = ("tenant", "user", "provider", "customer_ref")

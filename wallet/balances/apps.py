@@ -12,8 +12,14 @@ class BalancesConfig(AppConfig):
 
         from wallet.balances import conf
         from wallet.balances.builtin_sources import bank_sources, ledger_sources
+        from wallet.balances.listeners import on_events_published
+        from wallet.balances.selectors import stream_heads_moved
         from wallet.balances.sources import register_source_factory
+        from wallet.events.relay import register_publish_listener
+        from wallet.events.services import register_commit_listener
 
+        register_commit_listener(stream_heads_moved)
+        register_publish_listener(on_events_published)
         register_source_factory("ledger", ledger_sources)
         register_source_factory("bank", bank_sources)
         # The scheduled refresh, read by Celery beat and by the in-process scheduler alike (both read

@@ -50,6 +50,12 @@ def fresh_seconds() -> int:
     return _int("BALANCES_FRESH_SECONDS", 60)
 
 
+def head_check_seconds() -> float:
+    """How long a process reuses the user's stream head it read for a warm read (default 1; 0: read it on
+    every request). A change committed by another process shows within this; by the same process at once."""
+    return _float("BALANCES_HEAD_CHECK_SECONDS", 1.0)
+
+
 def keep_seconds() -> int:
     """How long a cached aggregate is kept for `stale` answers (last known values) (default 86400)."""
     return _int("BALANCES_KEEP_SECONDS", 86_400)
@@ -63,6 +69,12 @@ def rates_fresh_seconds() -> int:
 def refresh_seconds() -> float:
     """Interval of the scheduled refresh of users with external sources (default 30)."""
     return _float("BALANCES_REFRESH_SECONDS", 30.0)
+
+
+def refresh_debounce_seconds() -> float:
+    """How long after a ledger change or a deposit the event-driven refresh of the user runs; further
+    changes of the user meanwhile are taken in by the same refresh (default 1)."""
+    return _float("BALANCES_REFRESH_DEBOUNCE_SECONDS", 1.0)
 
 
 def breaker_failures() -> int:

@@ -8,3 +8,4 @@ BankAccountNotFound = error_class("bank_account_not_found", 422, "The bank does 
 BankAccountNotOpen = error_class("bank_account_not_open", 422, "This bank account is not open")
 BankingUnavailable = error_class("banking_unavailable", 503, "The bank could not be reached; try again")
 BankingNotConfigured = error_class("banking_not_configured", 409, "This app has no banking provider")
+BankCustomerTaken = error_class("bank_customer_taken", 409, "This bank customer belongs to another user")

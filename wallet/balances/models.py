@@ -90,3 +90,43 @@ class BalancePreference(TenantOwned):
 
     def __str__(self) -> str:
         return f"{self.user_id}: {self.display_currency}"
+
+
+class BankCustomer(TenantOwned):
+    """Who the user is at the tenant's banking provider (Unit: their customer id), recorded by the tenant's
+    onboarding (admin, or `bank_customer_set`). Linking an account whose provider names its owners
+    requires the user's customer among them."""
+
+    id = models.UUIDField(primary_key=True, default=uuid7, editable=False)
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="+")
+    provider = models.CharField(max_length=16)
+    customer_ref = models.CharField(max_length=100, help_text="The provider's customer id")
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "user", "provider"], name="bank_customer_one_per_provider"),
+            models.UniqueConstraint(fields=["tenant", "provider", "customer_ref"], name="bank_customer_unique_ref"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.provider}:{self.customer_ref}"
+
+
+class SnapshotPosition(TenantOwned):
+    """Where a user's cached aggregate stands in their event stream: the stream head it was computed at
+    (`position`) and when. Written by a refresh when the position moved (or on the first snapshot), so the
+    scheduled refresh finds, with one query, the users whose stream moved since their snapshot (a change
+    that no event-driven refresh has taken in yet), and the relay's listener finds which users have a
+    snapshot worth refreshing. The snapshot itself stays in the cache."""
+
+    user = models.OneToOneField(User, on_delete=models.CASCADE, primary_key=True, related_name="+")
+    stream = models.CharField(max_length=64, help_text="The user's stream (`user:<hex>`), to join the cursor")
+    position = models.BigIntegerField()
+    refreshed_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [models.Index(fields=["tenant", "stream"], name="balances_snapshot_stream")]
+
+    def __str__(self) -> str:
+        return f"{self.stream}@{self.position}"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+import time
+import uuid
 from typing import Any
 
 from django.db import connections, router
@@ -12,7 +15,7 @@ from tenants.scoping import access_by_id
 from wallet.balances import conf
 from wallet.balances.models import BalancePreference, LinkedBankAccount
 from wallet.events.models import StreamCursor
-from wallet.events.streams import user_stream
+from wallet.events.streams import USER_PREFIX, user_stream
 
 
 def bank_account_list(*, tenant: Tenant, user: User) -> QuerySet[LinkedBankAccount]:
@@ -37,13 +40,62 @@ def display_currency_of(*, tenant: Tenant, user: User) -> str:
 _POSITION_SQL: dict[str, str] = {}
 
 
-def stream_position(*, tenant: Tenant, user: User) -> int:
+# Per-process copies of stream heads: (tenant hex, user hex) -> (head, when read (monotonic), mark then).
+# `stream_heads_moved` (a commit listener of wallet.events: every commit of this process that wrote to a
+# user's stream) gives the user a new mark, which voids the copy at once, even one being read meanwhile.
+_heads: dict[tuple[str, str], tuple[int, float, int]] = {}
+_marks: dict[tuple[str, str], int] = {}
+_stamps = itertools.count(1)
+_HEADS_MAX = 50_000
+
+
+def stream_heads_moved(tenant_id: Any, streams: tuple[str, ...]) -> None:
+    """Commit listener (registered in `BalancesConfig.ready`): this process committed events to `streams`
+    of the tenant; forget its copies of those users' heads."""
+    tenant_hex = getattr(tenant_id, "hex", None) or uuid.UUID(str(tenant_id)).hex
+    if len(_marks) >= _HEADS_MAX:
+        _marks.clear()
+        _heads.clear()
+    for stream in streams:
+        if stream.startswith(USER_PREFIX):
+            _marks[(tenant_hex, stream[len(USER_PREFIX):])] = next(_stamps)
+
+
+def stream_heads_forget() -> None:
+    _heads.clear()
+    _marks.clear()
+
+
+def stream_position(*, tenant: Tenant, user: User, max_age: float = 0.0, reread: bool = False) -> int:
     """The head of the user's event stream (0 before any event): one read on a unique index. Every ledger
     change of the user moves it (`account.balance_changed`), so a cached aggregate remembers it.
+
+    With `max_age` > 0 (the warm read: `BALANCES_HEAD_CHECK_SECONDS`), a head this process read less than
+    `max_age` seconds ago is reused, unless this process has committed events to the stream since
+    (`stream_heads_moved`): a change committed by another process is seen within `max_age`, one committed
+    by this process at once. Never inside a transaction (it may have written to the stream itself and its
+    commit hooks have not run).
 
     Plain SQL on the hot path: the ORM's query building cost more than the query on a warm read."""
     alias = router.db_for_read(StreamCursor)
     connection = connections[alias]
+    key = (tenant.pk.hex, user.pk.hex)
+    mark = _marks.get(key, 0)
+    cached = max_age > 0 and not connection.in_atomic_block
+    if cached and not reread:
+        hit = _heads.get(key)
+        if hit is not None and hit[2] == mark and 0 <= time.monotonic() - hit[1] < max_age:
+            return hit[0]
+    read_at = time.monotonic()
+    position = _read_position(connection, alias, tenant, user)
+    if cached:
+        if len(_heads) >= _HEADS_MAX:
+            _heads.clear()
+        _heads[key] = (position, read_at, mark)
+    return position
+
+
+def _read_position(connection: Any, alias: str, tenant: Tenant, user: User) -> int:
     sql = _POSITION_SQL.get(alias)
     if sql is None:
         quote = connection.ops.quote_name

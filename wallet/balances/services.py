@@ -7,10 +7,13 @@ embedded default), keyed by tenant and user:
     {"v", "pos", "computed_at", "currency", "sources": [...], "rates": {...}, "fingerprint"}
 
 It is served without touching any provider while (a) it is younger than `BALANCES_FRESH_SECONDS` and
-(b) the user's event-stream head (`pos`, one indexed read) has not moved: every ledger change of the user
-writes `account.balance_changed` to that stream, so a transfer or a deposit invalidates the snapshot
-without the ledger knowing about this app. A refresh fetches every source concurrently, keeps the last
-known entries of a failing source (`stale`) and emits `balances.updated` when the balances changed.
+(b) the user's event-stream head (`pos`) has not moved: every ledger change of the user writes
+`account.balance_changed` to that stream, so a transfer or a deposit invalidates the snapshot without the
+ledger knowing about this app. The head is one indexed read, or this process's copy of it for at most
+`BALANCES_HEAD_CHECK_SECONDS` (voided at once by this process's own commits). A refresh fetches every
+source concurrently, keeps the last known entries of a failing source (`stale`) and emits
+`balances.updated` when the balances changed; the relay's listener (`listeners.py`) schedules one after
+each ledger change or deposit, and the scheduled refresh covers bank balances and moved streams.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.core.cache import cache
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from django.utils import timezone
 
 from tenants.models import Tenant, User
@@ -35,18 +38,26 @@ from wallet.balances.errors import (
     BankAccountAlreadyLinked,
     BankAccountNotFound,
     BankAccountNotOpen,
+    BankCustomerTaken,
     BankingNotConfigured,
     BankingUnavailable,
     UnsupportedCurrency,
 )
-from wallet.balances.models import BalancePreference, LinkedBankAccount, ProviderConfig
+from wallet.balances.models import (
+    BalancePreference,
+    BankCustomer,
+    LinkedBankAccount,
+    ProviderConfig,
+    SnapshotPosition,
+)
 from wallet.balances.money import display_text, exact_sum, exact_value
 from wallet.balances.providers.banking import BankAccount
 from wallet.balances.providers.errors import ProviderError, ProviderNotConfigured, ProviderNotFound
 from wallet.balances.providers.factory import banking_provider, breaker_key, price_provider, provider_configs
 from wallet.balances.runner import Outcome, fetch_all, guarded, read_local, run_async, start
-from wallet.balances.selectors import display_currency_of, stream_position
+from wallet.balances.selectors import display_currency_of, stream_heads_forget, stream_position
 from wallet.balances.sources import sources_for
+from wallet.core.jsonutil import dumps
 from wallet.events.services import EventSpec, events_emit, user_stream
 
 logger = logging.getLogger("wallet.balances")
@@ -73,6 +84,7 @@ def local_snapshots_clear() -> None:
     _local_snapshots.clear()
     _local_rates.clear()
     _rendered.clear()
+    stream_heads_forget()
 
 
 def snapshot_key(tenant_id: Any, user_id: Any) -> str:
@@ -253,9 +265,47 @@ def balances_refresh(*, tenant: Tenant, user: User, previous: dict[str, Any] | N
         # Our own event moved the head; anything else that landed meanwhile must still invalidate.
         seq = rows[0].seq
         snapshot["pos"] = seq if seq == position + 1 else position
+    _position_record(tenant, user, snapshot, previous)
     cache.set(key, snapshot, conf.keep_seconds())
     _remember(key, snapshot)
     return snapshot
+
+
+def _position_record(tenant: Tenant, user: User, snapshot: dict[str, Any], previous: dict[str, Any] | None) -> None:
+    """Keep the user's `SnapshotPosition` row in step with the snapshot: one upsert when the position moved
+    (or on a first snapshot, or once the row is older than half of `BALANCES_KEEP_SECONDS`); nothing on a
+    refresh that found the stream where it was (pull to refresh, the scheduled bank refresh)."""
+    now = snapshot["computed_at"]
+    recorded = (previous or {}).get("recorded_at")
+    if (previous is not None and previous.get("pos") == snapshot["pos"] and recorded is not None
+            and now - recorded < conf.keep_seconds() / 2):
+        snapshot["recorded_at"] = recorded
+        return
+    try:
+        with transaction.atomic():  # a savepoint inside a caller's transaction
+            SnapshotPosition.all_tenants.bulk_create(
+                [SnapshotPosition(tenant=tenant, user_id=user.pk, stream=user_stream(user.pk),
+                                  position=snapshot["pos"], refreshed_at=datetime.fromtimestamp(now, UTC))],
+                update_conflicts=True, unique_fields=["user"], update_fields=["position", "refreshed_at"])
+    except DatabaseError:  # e.g. the user was just deleted: the answer does not depend on this row
+        logger.warning("could not record the snapshot position", exc_info=True, extra={"user": str(user.pk)})
+        return
+    snapshot["recorded_at"] = now
+
+
+def balances_refresh_if_moved(*, tenant: Tenant, user: User) -> bool:
+    """Refresh the user's snapshot if they have one and their stream moved past it (what the event-driven
+    refresh does); returns whether it refreshed."""
+    if not SnapshotPosition.objects.for_tenant(tenant).filter(user_id=user.pk).exists():
+        return False
+    position = stream_position(tenant=tenant, user=user)
+    previous = cache.get(snapshot_key(tenant.pk, user.pk))
+    if previous is not None and previous.get("v") != SNAPSHOT_VERSION:
+        previous = None
+    if previous is not None and previous["pos"] == position:
+        return False
+    balances_refresh(tenant=tenant, user=user, previous=previous, position=position)
+    return True
 
 
 def balances_render(snapshot: dict[str, Any], *, quote: str, rates: dict[str, Any], now: float) -> dict[str, Any]:
@@ -301,12 +351,29 @@ def balances_read(*, tenant: Tenant, user: User, currency: str | None = None, re
                   sequential: bool = False) -> dict[str, Any]:
     """The user's balances in `currency` (default: their preference). From the cached snapshot when it is
     fresh and the user's stream has not moved (no provider touched); otherwise refreshed first."""
+    snapshot, now = _snapshot_for_read(tenant, user, currency, refresh, sequential)
+    return _render_for(tenant, user, snapshot, currency, now)[1]
+
+
+def balances_read_json(*, tenant: Tenant, user: User, currency: str | None = None,
+                       refresh: bool = False) -> bytes:
+    """`balances_read` as the JSON bytes of the API body (encoded once per snapshot, rates and second)."""
+    snapshot, now = _snapshot_for_read(tenant, user, currency, refresh, False)
+    entry = _render_for(tenant, user, snapshot, currency, now)
+    if entry[2] is None:
+        entry[2] = dumps(entry[1])
+    return entry[2]
+
+
+def _snapshot_for_read(tenant: Tenant, user: User, currency: str | None, refresh: bool,
+                       sequential: bool) -> tuple[dict[str, Any], float]:
     if currency:
         currency_info(currency)
     if refresh:  # pull to refresh: no need to validate anything first
-        snapshot = balances_refresh(tenant=tenant, user=user, sequential=sequential)
-        return _render_for(tenant, user, snapshot, currency, time.time())
-    position = stream_position(tenant=tenant, user=user)
+        return balances_refresh(tenant=tenant, user=user, sequential=sequential), time.time()
+    # The head: one indexed read, or this process's copy of it when read within BALANCES_HEAD_CHECK_SECONDS
+    # (a change committed by this process voids the copy at once; see selectors.stream_position).
+    position = stream_position(tenant=tenant, user=user, max_age=conf.head_check_seconds())
     key = snapshot_key(tenant.pk, user.pk)
     now = time.time()
     fresh = conf.fresh_seconds()
@@ -322,33 +389,39 @@ def balances_read(*, tenant: Tenant, user: User, currency: str | None = None, re
         if shared is not None:
             snapshot = shared
             _remember(key, shared)
+            if shared["pos"] > position:
+                # Taken after a head this process has not seen yet (another process refreshed it): the
+                # copy of the head is behind, read it again rather than refresh for nothing.
+                position = stream_position(tenant=tenant, user=user, max_age=conf.head_check_seconds(),
+                                           reread=True)
         if not usable(snapshot):
             snapshot = balances_refresh(tenant=tenant, user=user, previous=snapshot, position=position,
                                         sequential=sequential)
             now = time.time()
     assert snapshot is not None
-    return _render_for(tenant, user, snapshot, currency, now)
+    return snapshot, now
 
 
-_rendered: dict[tuple[str, str], tuple[tuple[Any, ...], dict[str, Any]]] = {}
+# (snapshot key, quote) -> [marker, body, its JSON bytes or None]
+_rendered: dict[tuple[str, str], list[Any]] = {}
 
 
 def _render_for(tenant: Tenant, user: User, snapshot: dict[str, Any], currency: str | None,
-                now: float) -> dict[str, Any]:
-    """The body for `snapshot` in `currency`; the same snapshot, rates and second render once per process
-    (ages are whole seconds)."""
+                now: float) -> list[Any]:
+    """[marker, body, JSON or None] for `snapshot` in `currency`; the same snapshot, rates and second render
+    once per process (ages are whole seconds)."""
     quote = currency.strip().upper() if currency else snapshot["currency"]
     rates = snapshot["rates"] if snapshot["rates"]["quote"] == quote else rates_get(tenant=tenant, quote=quote)
     marker = (snapshot["computed_at"], snapshot["pos"], rates["as_of"], rates["status"], int(now))
     cache_key = (snapshot_key(tenant.pk, user.pk), quote)
     hit = _rendered.get(cache_key)
     if hit is not None and hit[0] == marker:
-        return hit[1]
-    body = balances_render(snapshot, quote=quote, rates=rates, now=now)
+        return hit
+    entry = [marker, balances_render(snapshot, quote=quote, rates=rates, now=now), None]
     if len(_rendered) >= _LOCAL_MAX:
         _rendered.clear()
-    _rendered[cache_key] = (marker, body)
-    return body
+    _rendered[cache_key] = entry
+    return entry
 
 
 def balances_invalidate(*, tenant_id: Any, user_id: Any) -> None:
@@ -425,9 +498,11 @@ def bank_account_verify(*, tenant: Tenant, account_ref: str) -> tuple[str, BankA
 
 
 def bank_account_link(*, tenant: Tenant, user: User, account_ref: str) -> LinkedBankAccount:
-    """Link the provider's account `account_ref` to the user, after the provider confirmed it is open.
-    One active link per provider account in a tenant (409 `bank_account_already_linked`)."""
+    """Link the provider's account `account_ref` to the user, after the provider confirmed it is open and,
+    when it names the account's owners, that the user's customer (`BankCustomer`) is one of them. One
+    active link per provider account in a tenant (409 `bank_account_already_linked`)."""
     provider, bank = bank_account_verify(tenant=tenant, account_ref=account_ref)
+    _check_owner(tenant, user, provider, bank)
     try:
         with transaction.atomic():
             account = LinkedBankAccount.all_tenants.create(
@@ -439,6 +514,35 @@ def bank_account_link(*, tenant: Tenant, user: User, account_ref: str) -> Linked
         raise BankAccountAlreadyLinked() from exc
     _invalidate_on_commit(tenant.pk, user.pk)
     return account
+
+
+def _check_owner(tenant: Tenant, user: User, provider: str, bank: BankAccount) -> None:
+    """Refuse an account whose owners at the provider do not include the user's customer there. An adapter
+    that cannot tell (no owners: the sandbox) is not checked; nor is a tenant whose banking config sets
+    `options.verify_owner = false` (its onboarding does not record customers yet). The refusal is the
+    answer for an unknown account (422 `bank_account_not_found`): no probing other people's accounts."""
+    if not bank.owners:
+        return
+    config = provider_configs(tenant=tenant).get(ProviderConfig.Kind.BANKING)
+    if config is not None and (config.options or {}).get("verify_owner") is False:
+        return
+    owned = BankCustomer.objects.for_tenant(tenant).filter(user=user, provider=provider,
+                                                           customer_ref__in=bank.owners).exists()
+    if not owned:
+        logger.info("bank account not owned by the user", extra={"user": str(user.pk), "provider": provider})
+        raise BankAccountNotFound()
+
+
+def bank_customer_set(*, tenant: Tenant, user: User, provider: str, customer_ref: str) -> BankCustomer:
+    """Record who the user is at the tenant's banking provider (onboarding); replaces a previous one. 409
+    `bank_customer_taken` when another user of the tenant has that customer."""
+    try:
+        with transaction.atomic():
+            customer, _ = BankCustomer.all_tenants.update_or_create(
+                tenant=tenant, user=user, provider=provider, defaults={"customer_ref": customer_ref.strip()})
+    except IntegrityError as exc:
+        raise BankCustomerTaken() from exc
+    return customer
 
 
 def bank_account_remove(*, tenant: Tenant, account: LinkedBankAccount) -> LinkedBankAccount:

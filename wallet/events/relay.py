@@ -40,7 +40,7 @@ import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from datetime import UTC
-from typing import Any
+from typing import Any, NamedTuple
 
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.db import connections, router
@@ -54,8 +54,10 @@ from wallet.events.models import OutboxEvent
 from wallet.events.streams import group_for_stream
 
 __all__ = [
+    "PublishedEvent",
     "RelayInTransactionError",
     "register_delivery_loop",
+    "register_publish_listener",
     "relay_forever",
     "relay_once",
     "stop_in_process_relay",
@@ -169,6 +171,42 @@ def _run_on_a_loop(layer: Any, coroutine: Coroutine[Any, Any, None]) -> None:
                 raise
             return
     _own_loop().run_until_complete(asyncio.wait_for(coroutine, PUBLISH_TIMEOUT_SECONDS))
+
+
+# --- listeners of published events ----------------------------------------------------------------------
+
+
+class PublishedEvent(NamedTuple):
+    """A committed event the relay has just published (what a publish listener gets)."""
+
+    tenant_id: Any
+    stream: str
+    seq: int
+    type: str
+    data: Any
+
+
+PublishListener = Callable[[list[PublishedEvent]], None]
+_publish_listeners: list[PublishListener] = []
+
+
+def register_publish_listener(listener: PublishListener) -> None:
+    """Call `listener(events)` in the relay's process after each published batch (in stream order), so that
+    other apps can react to committed events (e.g. schedule a task). It runs in the relay's thread: it
+    must be quick (hand real work to a task) and must not raise (exceptions are logged, never retried)."""
+    if listener not in _publish_listeners:
+        _publish_listeners.append(listener)
+
+
+def _tell_listeners(rows: Sequence[tuple]) -> None:
+    if not _publish_listeners or not rows:
+        return
+    events = [PublishedEvent(row[1], row[2], row[3], row[4], row[5]) for row in rows]
+    for listener in list(_publish_listeners):
+        try:
+            listener(events)
+        except Exception:
+            logger.exception("publish listener failed", extra={"listener": getattr(listener, "__name__", "?")})
 
 
 # --- one batch ---------------------------------------------------------------------------------------------
@@ -288,8 +326,11 @@ def _relay_batch(connection: BaseDatabaseWrapper, limit: int, after: Position | 
             except Exception:
                 logger.warning("could not mark the sent part of a failed batch; it will be sent again",
                                exc_info=True)
+            else:
+                _tell_listeners(rows[:sent[0]])
         raise
     _mark_published(connection, ids)
+    _tell_listeners(rows)
     last = rows[-1]
     return len(rows), ((last[1], last[2], last[3]) if len(rows) == limit else None)
 

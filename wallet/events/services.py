@@ -16,7 +16,7 @@ import json
 import logging
 import sqlite3
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -42,6 +42,7 @@ __all__ = [
     "TransactionRequiredError",
     "events_emit",
     "events_purge_published",
+    "register_commit_listener",
     "tenant_stream",
     "user_stream",
 ]
@@ -138,7 +139,46 @@ def events_emit(*, tenant: Tenant, events: Sequence[EventSpec], returning: bool 
         OutboxEvent.all_tenants.using(alias).bulk_create(rows)
 
     _wake_relay_after_commit(connection, alias, notified=notify is not None)
+    if _commit_listeners:
+        # Told at commit by `_after_commit` (the transaction's one hook); a rollback leaves them for the
+        # next commit of this connection, which only tells listeners of a stream that did not move.
+        connection.__dict__.setdefault(_PENDING_ATTRIBUTE, set()).update((tenant.pk, stream) for stream in counts)
     return rows
+
+
+# Called in the committing process, after commit, with (tenant id, streams that got events): lets an app
+# of this process react at once (the balances app drops its per-process copy of those users' stream heads).
+# Other processes hear of events through the relay (`wallet.events.relay.register_publish_listener`).
+CommitListener = Callable[[Any, tuple[str, ...]], None]
+_commit_listeners: list[CommitListener] = []
+
+
+def register_commit_listener(listener: CommitListener) -> None:
+    """Call `listener(tenant_id, streams)` after each commit that emitted events, in the committing process
+    (once per tenant of the transaction's events). It must be quick and must not raise (exceptions are
+    logged)."""
+    if listener not in _commit_listeners:
+        _commit_listeners.append(listener)
+
+
+_PENDING_ATTRIBUTE = "_events_streams_to_tell"
+
+
+def _tell_commit_listeners() -> None:
+    connection = connections[router.db_for_write(OutboxEvent)]
+    pending = connection.__dict__.pop(_PENDING_ATTRIBUTE, None)
+    if not pending:
+        return
+    by_tenant: dict[Any, list[str]] = {}
+    for tenant_id, stream in pending:
+        by_tenant.setdefault(tenant_id, []).append(stream)
+    for listener in list(_commit_listeners):
+        for tenant_id, streams in by_tenant.items():
+            try:
+                listener(tenant_id, tuple(streams))
+            except Exception:
+                logger.exception("commit listener failed",
+                                 extra={"listener": getattr(listener, "__name__", "?")})
 
 
 def _encode(data: dict[str, Any]) -> str:
@@ -262,6 +302,8 @@ def _bump_cursors_portably(connection: BaseDatabaseWrapper, tenant: Tenant, coun
 
 def _after_commit() -> None:
     from wallet.events.relay import wake_relay
+
+    _tell_commit_listeners()
 
     wake_relay()
 

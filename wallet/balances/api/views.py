@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from django.http import HttpResponse
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse
+from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from tenants.auth.sessions import user_for_access_token
+from tenants.models import User
 from wallet.balances import selectors, services
 from wallet.balances.api.serializers import (
     BalancesOutputSerializer,
@@ -16,13 +21,16 @@ from wallet.balances.api.serializers import (
     PreferenceOutputSerializer,
 )
 from wallet.balances.assets import display_currencies
+from wallet.core.context import user_id_var
+from wallet.core.errors import ApiError
 from wallet.core.jsonutil import dumps
 from wallet.idempotency.api import idempotency_key_parameter, idempotent
 
 
 class BalancesApi(APIView):
-    """Every balance of the user in their display currency. Built without a serializer on purpose: it is
-    the home screen's hot path (the warm answer is one indexed read and one cache read)."""
+    """Every balance of the user in their display currency, from the cached snapshot while it is fresh and
+    the user's event stream has not moved. Built without a serializer on purpose: it is the home screen's
+    hot path."""
 
     class FilterSerializer(serializers.Serializer):
         currency = serializers.CharField(max_length=3, required=False,
@@ -44,6 +52,49 @@ class BalancesApi(APIView):
                                       refresh=refresh)
         # Pre-encoded JSON skips DRF's template-response machinery (same bytes), as `/me` does.
         return HttpResponse(dumps(body), content_type="application/json")
+
+
+_balances_drf = BalancesApi.as_view()
+
+
+def _bearer_user(request: HttpRequest) -> User | None:
+    """The user of a well-formed `Authorization: Bearer` header, as `AccessTokenAuthentication` finds it
+    (same helper, same per-process caches as `/me`), or None for anything else (no tenant, no or bad
+    header, invalid token): the DRF view then answers with the usual problem+json error."""
+    tenant = getattr(request, "tenant", None)
+    header = request.META.get("HTTP_AUTHORIZATION", "")
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if tenant is None or scheme.lower() != "bearer" or not token:
+        return None
+    try:
+        user, _ = user_for_access_token(tenant=tenant, token=token)
+    except ApiError:
+        return None
+    user_id_var.set(str(user.pk))
+    request.user = user  # the request log reads it, as after DRF's authentication
+    return user
+
+
+@csrf_exempt
+def balances_view(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    """`GET /api/v1/balances`. The common request (GET, no parameters, a valid bearer token) is served here
+    without DRF's dispatch (the home screen's hot path: see docs/BALANCES.md); anything else, including
+    every error, goes through `BalancesApi`, which authenticates again and answers as every API view does."""
+    if request.method == "GET" and not request.META.get("QUERY_STRING"):
+        user = _bearer_user(request)
+        if user is not None:
+            body = services.balances_read_json(tenant=request.tenant, user=user)  # type: ignore[attr-defined]
+            response = HttpResponse(body, content_type="application/json")
+            response["Allow"] = _ALLOW
+            return response
+    return _balances_drf(request, *args, **kwargs)
+
+
+_ALLOW = "GET, HEAD, OPTIONS"  # as DRF's view answers (it serves HEAD as GET)
+# What DRF's `as_view()` exposes, so that the OpenAPI schema and route discovery see `BalancesApi`.
+balances_view.cls = BalancesApi  # type: ignore[attr-defined]
+balances_view.initkwargs = {}  # type: ignore[attr-defined]
 
 
 class PreferenceGetApi(APIView):

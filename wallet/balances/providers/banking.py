@@ -40,6 +40,9 @@ class BankAccount:
     available: int
     hold: int
     as_of: datetime
+    # The provider's customers who own the account (Unit: the `customer`, or the `customers` of a joint
+    # account); empty when the adapter cannot tell (the sandbox), and then ownership is not checked.
+    owners: tuple[str, ...] = ()
 
 
 @runtime_checkable
@@ -152,7 +155,7 @@ class UnitBanking(HttpAdapter):
             if not all(isinstance(v, int) and not isinstance(v, bool) for v in (balance, available, hold)):
                 raise ProviderBadResponse("balances are not integers (cents)", provider=self.name)
             account_number = str(attributes.get("accountNumber") or "")
-            return BankAccount(
+            return BankAccount(owners=self.owners_of(data),
                 external_id=str(data["id"]), name=str(attributes.get("name") or ""), institution="Unit",
                 account_last4=account_number[-4:], currency=str(attributes.get("currency") or "USD").upper(),
                 status=str(attributes.get("status") or "").lower(), balance=balance, available=available,
@@ -160,3 +163,16 @@ class UnitBanking(HttpAdapter):
             )
         except (KeyError, TypeError) as exc:
             raise ProviderBadResponse(f"not a depositAccount document: {exc!r}", provider=self.name) from exc
+
+    @staticmethod
+    def owners_of(data: dict[str, Any]) -> tuple[str, ...]:
+        """The customer ids of a deposit account's relationships: `customer` (individual or business
+        account) or `customers` (joint account), each `{"data": {"type": "customer", "id"}}` / a list."""
+        relationships = data.get("relationships") or {}
+        found: list[str] = []
+        for name in ("customer", "customers"):
+            linked = (relationships.get(name) or {}).get("data")
+            for item in linked if isinstance(linked, list) else [linked]:
+                if isinstance(item, dict) and item.get("id") is not None:
+                    found.append(str(item["id"]))
+        return tuple(found)
