@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,6 +103,15 @@ def devchain_register(url: str) -> Chain:
     return chain
 
 
+def _die_with_parent() -> None:
+    """In anvil's process before exec (Linux): SIGTERM when `manage.py serve` dies, however it dies (its
+    own session keeps it out of Ctrl-C's process group, so that serve can stop it in order)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def devchain_start() -> DevChain | None:
     """Start anvil for `make run` (None, with a warning, when the binary is missing or the port is taken)."""
     binary = Path(os.environ.get("ANVIL_BIN") or DEFAULT_ANVIL)
@@ -121,7 +132,8 @@ def devchain_start() -> DevChain | None:
     process = subprocess.Popen(  # noqa: S603 (our own binary path, fixed arguments)
         [str(binary), "--host", "127.0.0.1", "--port", str(port), "--chain-id", str(DEV_CHAIN_ID),
          "--block-time", "2", "--state", str(state_dir / "state.json"), "--state-interval", "30"],
-        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        preexec_fn=_die_with_parent)  # only prctl runs between fork and exec
     url = dev_rpc_url(port)
     deadline = time.monotonic() + 20
     while True:

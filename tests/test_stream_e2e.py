@@ -77,7 +77,8 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespa
     `tests.stream_e2e_settings` for a small per-socket buffer cap) for the slow-consumer tests."""
     tmp = tmp_path_factory.mktemp("stream_e2e_embedded")
     db = tmp / "db.sqlite3"
-    env = server_env(VAR_DIR=str(tmp), DATABASE_URL=f"sqlite:///{db}",
+    # CHAINS_DEV_CHAIN=0: the stream needs no chain, and a dev chain would take port 8545 from a `make run`.
+    env = server_env(VAR_DIR=str(tmp), DATABASE_URL=f"sqlite:///{db}", CHAINS_DEV_CHAIN="0",
                      DJANGO_SETTINGS_MODULE="wallet.settings.development")
     data = provision(env, {"migrate": True, "tenants": [
         {"slug": ONE, "name": "E2E One", "allowed_origins": [ONE_ORIGIN], "users": [
