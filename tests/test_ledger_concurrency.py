@@ -182,3 +182,40 @@ def test_large_batches_queue_on_the_tenant_writer_lock_and_mix_with_single_trans
     assert len(results) == 4 * 6 * 8 + 4 * 6
     assert sum(balance(u)[0] for u in users) == 60_000
     assert ledger_verify(tenant=tenant_a).ok
+
+
+def test_a_large_batch_lets_its_writer_lock_go_whether_it_commits_or_fails(tenant_a: Tenant, settings,
+                                                                           monkeypatch) -> None:
+    """Outside any transaction, a large batch holds the writer lock at session level and releases it as the
+    last statement before COMMIT; a batch that fails releases it after the rollback. Either way the session
+    holds no advisory lock afterwards."""
+    _require_postgres()
+    from wallet.ledger.engine import LedgerBatch
+
+    settings.LEDGER_WRITER_LOCK_MIN_BATCH = 2
+    usd = enable(tenant_a, "USD")
+    users = [UserFactory(tenant=tenant_a, email=f"s{i}@example.com") for i in range(3)]
+    fund(users[0], 1_000)
+
+    def advisory_locks_held() -> int:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()")
+            return cursor.fetchone()[0]
+
+    requests = [services.TransferRequest(users[0], users[1], usd, 5),
+                services.TransferRequest(users[0], users[2], usd, 6)]
+    assert all(isinstance(r, Transfer) for r in services.transfers_execute(tenant=tenant_a, requests=requests))
+    assert advisory_locks_held() == 0
+
+    def broken_flush(self) -> None:
+        raise RuntimeError("the disk is full")
+
+    monkeypatch.setattr(LedgerBatch, "flush", broken_flush)
+    with pytest.raises(RuntimeError, match="disk is full"):
+        services.transfers_execute(tenant=tenant_a, requests=requests)
+    assert advisory_locks_held() == 0
+    monkeypatch.undo()
+    settings.LEDGER_WRITER_LOCK_MIN_BATCH = 2
+    assert balance(users[1])[0] == 5 and balance(users[2])[0] == 6  # the failed batch left nothing
+    assert all(isinstance(r, Transfer) for r in services.transfers_execute(tenant=tenant_a, requests=requests))
+    assert ledger_verify(tenant=tenant_a).ok

@@ -27,7 +27,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from django.db import connection
+from django.db import DatabaseError, connection
 from django.utils import timezone
 
 from tenants.models import Tenant
@@ -124,9 +124,45 @@ def tenant_writer_lock(tenant: Tenant) -> None:
     """
     if connection.vendor != "postgresql":
         return  # SQLite serialises writers already
-    key = int.from_bytes(UUID(str(tenant.pk)).bytes[:4], "big", signed=True)
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_WRITER_LOCK_CLASS, key])
+        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_WRITER_LOCK_CLASS, _writer_key(tenant)])
+
+
+def _writer_key(tenant: Tenant) -> int:
+    return int.from_bytes(UUID(str(tenant.pk)).bytes[:4], "big", signed=True)
+
+
+class WriterSessionLock:
+    """PostgreSQL: the same writer lock, held by the session, for a caller whose transaction is the outermost
+    one: it releases the lock as the last statement before its COMMIT, so that the next batch of the tenant
+    takes its locks while this one commits (it waits only on the rows both share, and only until the commit
+    ends; the ledger head, locked until commit, keeps the hash chain in order). If the transaction fails
+    instead, `release_after_rollback()`, outside it, lets the lock go (or ends the session, which does)."""
+
+    def __init__(self, tenant: Tenant) -> None:
+        self.params = [_WRITER_LOCK_CLASS, _writer_key(tenant)]
+        self.held = False
+
+    def acquire(self) -> None:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_lock(%s, %s)", self.params)
+        self.held = True
+
+    def release(self) -> None:
+        if self.held:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s, %s)", self.params)
+            self.held = False
+
+    def release_after_rollback(self) -> None:
+        if not self.held:
+            return
+        self.held = False
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s, %s)", self.params)
+        except DatabaseError:
+            connection.close()  # the session's end releases every lock it held
 
 
 def asset_cached(asset_id: UUID) -> Asset:

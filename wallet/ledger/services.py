@@ -20,7 +20,14 @@ from tenants.models import Tenant, User
 from wallet.core.bulk import Statement, copy_rows, loaded
 from wallet.core.errors import ApiError
 from wallet.core.ids import uuid7
-from wallet.ledger.engine import EntryDraft, LedgerBatch, Leg, apply_single, tenant_writer_lock
+from wallet.ledger.engine import (
+    EntryDraft,
+    LedgerBatch,
+    Leg,
+    WriterSessionLock,
+    apply_single,
+    tenant_writer_lock,
+)
 from wallet.ledger.errors import (
     AlreadyReversed,
     AssetNotEnabled,
@@ -161,100 +168,115 @@ def transfers_execute(*, tenant: Tenant, requests: Sequence[TransferRequest]) ->
     results: list[Transfer | ApiError | None] = [None] * len(requests)
     # No savepoint of its own: inside a request's transaction (Idempotency-Key) that would cost two round
     # trips; refusals are returned, not raised, and any exception rolls back the enclosing block.
-    with transaction.atomic(savepoint=False):
-        policies: dict[UUID, TenantAsset | ApiError] = {}
-        for request in requests:
-            if request.asset.pk not in policies:
-                if request.policy is not None and request.policy.enabled:
-                    policies[request.asset.pk] = request.policy
-                    continue
+    # Outermost transaction (not inside a request's or the group commit's): a large batch may release its
+    # writer lock just before COMMIT (WriterSessionLock); inside another transaction it keeps it to the end.
+    outermost = not connection.in_atomic_block
+    writer: WriterSessionLock | None = None
+    try:
+        with transaction.atomic(savepoint=False):
+            policies: dict[UUID, TenantAsset | ApiError] = {}
+            for request in requests:
+                if request.asset.pk not in policies:
+                    if request.policy is not None and request.policy.enabled:
+                        policies[request.asset.pk] = request.policy
+                        continue
+                    try:
+                        policies[request.asset.pk] = _policy(tenant, request.asset)
+                    except ApiError as error:
+                        policies[request.asset.pk] = error
+            pairs = []
+            for request in requests:
+                pairs += [(request.sender.pk, request.asset.pk), (request.recipient.pk, request.asset.pk)]
+            account_ids = user_accounts_ensure(tenant=tenant, pairs=pairs)
+
+            # Everything that does not depend on balances is built before the accounts are locked, so that the
+            # locks are held for the checks and the writes only: drafts, transfer rows, their events.
+            alias = connection.alias
+            postgresql = connection.vendor == "postgresql"
+            prepared: list[tuple[int, TransferRequest, EntryDraft, Transfer, list[EventSpec]]] = []
+            rows: dict[UUID, list[Any]] = {}  # PostgreSQL: each transfer's row, ready for COPY
+            for index, request in enumerate(requests):
+                policy = policies[request.asset.pk]
                 try:
-                    policies[request.asset.pk] = _policy(tenant, request.asset)
+                    if isinstance(policy, ApiError):
+                        raise policy
+                    if request.sender.pk == request.recipient.pk:
+                        raise RecipientIsSender()
+                    if policy.max_per_transfer is not None and request.amount > policy.max_per_transfer:
+                        raise TransferLimitExceeded(maximum=str(policy.max_per_transfer), requested=str(request.amount),
+                                                    decimals=request.asset.decimals)
                 except ApiError as error:
-                    policies[request.asset.pk] = error
-        pairs = []
-        for request in requests:
-            pairs += [(request.sender.pk, request.asset.pk), (request.recipient.pk, request.asset.pk)]
-        account_ids = user_accounts_ensure(tenant=tenant, pairs=pairs)
+                    results[index] = error
+                    continue
+                source = account_ids[(request.sender.pk, request.asset.pk)]
+                target = account_ids[(request.recipient.pk, request.asset.pk)]
+                draft = EntryDraft(kind=JournalEntry.Kind.TRANSFER, memo=request.memo,
+                                   legs=[Leg(source, -request.amount), Leg(target, request.amount)])
+                transfer = loaded(Transfer, alias, {
+                    "tenant_id": tenant.pk, "id": uuid7(), "sender_id": request.sender.pk,
+                    "recipient_id": request.recipient.pk, "asset_id": request.asset.pk, "amount": request.amount,
+                    "memo": request.memo, "status": Transfer.Status.COMPLETED, "entry_id": draft.id,
+                    "created_at": draft.created_at,
+                }, {"sender": request.sender, "recipient": request.recipient, "asset": request.asset})
+                draft.reference = f"transfer:{transfer.pk}"
+                if postgresql:
+                    rows[transfer.pk] = [transfer.__dict__[name] for name in _TRANSFER_FIELDS]
+                payload = transfer_payload(transfer)
+                prepared.append((index, request, draft, transfer, [
+                    EventSpec.prepared(stream=user_stream(request.sender.pk), type="transfer.completed",
+                                       data={**payload, "direction": "out"}),
+                    EventSpec.prepared(stream=user_stream(request.recipient.pk), type="transfer.completed",
+                                       data={**payload, "direction": "in"}),
+                ]))
 
-        # Everything that does not depend on balances is built before the accounts are locked, so that the
-        # locks are held for the checks and the writes only: drafts, transfer rows, their events.
-        alias = connection.alias
-        postgresql = connection.vendor == "postgresql"
-        prepared: list[tuple[int, TransferRequest, EntryDraft, Transfer, list[EventSpec]]] = []
-        rows: dict[UUID, list[Any]] = {}  # PostgreSQL: each transfer's row, ready for COPY
-        for index, request in enumerate(requests):
-            policy = policies[request.asset.pk]
-            try:
-                if isinstance(policy, ApiError):
-                    raise policy
-                if request.sender.pk == request.recipient.pk:
-                    raise RecipientIsSender()
-                if policy.max_per_transfer is not None and request.amount > policy.max_per_transfer:
-                    raise TransferLimitExceeded(maximum=str(policy.max_per_transfer), requested=str(request.amount),
-                                                decimals=request.asset.decimals)
-            except ApiError as error:
-                results[index] = error
-                continue
-            source = account_ids[(request.sender.pk, request.asset.pk)]
-            target = account_ids[(request.recipient.pk, request.asset.pk)]
-            draft = EntryDraft(kind=JournalEntry.Kind.TRANSFER, memo=request.memo,
-                               legs=[Leg(source, -request.amount), Leg(target, request.amount)])
-            transfer = loaded(Transfer, alias, {
-                "tenant_id": tenant.pk, "id": uuid7(), "sender_id": request.sender.pk,
-                "recipient_id": request.recipient.pk, "asset_id": request.asset.pk, "amount": request.amount,
-                "memo": request.memo, "status": Transfer.Status.COMPLETED, "entry_id": draft.id,
-                "created_at": draft.created_at,
-            }, {"sender": request.sender, "recipient": request.recipient, "asset": request.asset})
-            draft.reference = f"transfer:{transfer.pk}"
-            if postgresql:
-                rows[transfer.pk] = [transfer.__dict__[name] for name in _TRANSFER_FIELDS]
-            payload = transfer_payload(transfer)
-            prepared.append((index, request, draft, transfer, [
-                EventSpec.prepared(stream=user_stream(request.sender.pk), type="transfer.completed",
-                                   data={**payload, "direction": "out"}),
-                EventSpec.prepared(stream=user_stream(request.recipient.pk), type="transfer.completed",
-                                   data={**payload, "direction": "in"}),
-            ]))
+            batch = LedgerBatch(tenant)
+            if 0 < settings.LEDGER_WRITER_LOCK_MIN_BATCH <= len(prepared):
+                if outermost and connection.vendor == "postgresql":
+                    writer = WriterSessionLock(tenant)
+                    writer.acquire()
+                else:
+                    tenant_writer_lock(tenant)
+            batch.lock(account_ids.values())
+            today = timezone.now().date()
+            limited = sorted({(r.sender.pk, r.asset.pk) for _, r, _, _, _ in prepared
+                              if policies[r.asset.pk].daily_limit_per_user is not None})  # type: ignore[union-attr]
+            usage = _lock_daily_usage(tenant, limited, today)
+            used_before = {key: row.amount for key, row in usage.items()}
 
-        batch = LedgerBatch(tenant)
-        if 0 < settings.LEDGER_WRITER_LOCK_MIN_BATCH <= len(prepared):
-            tenant_writer_lock(tenant)
-        batch.lock(account_ids.values())
-        today = timezone.now().date()
-        limited = sorted({(r.sender.pk, r.asset.pk) for _, r, _, _, _ in prepared
-                          if policies[r.asset.pk].daily_limit_per_user is not None})  # type: ignore[union-attr]
-        usage = _lock_daily_usage(tenant, limited, today)
-        used_before = {key: row.amount for key, row in usage.items()}
-
-        transfers: list[Transfer] = []
-        events: list[EventSpec] = []
-        for index, request, draft, transfer, transfer_events in prepared:
-            policy = policies[request.asset.pk]
-            key = (request.sender.pk, request.asset.pk)
-            try:
+            transfers: list[Transfer] = []
+            events: list[EventSpec] = []
+            for index, request, draft, transfer, transfer_events in prepared:
+                policy = policies[request.asset.pk]
+                key = (request.sender.pk, request.asset.pk)
+                try:
+                    if key in usage:
+                        limit = policy.daily_limit_per_user  # type: ignore[union-attr]
+                        if usage[key].amount + request.amount > limit:
+                            raise DailyLimitExceeded(limit=str(limit), remaining=str(max(limit - usage[key].amount, 0)),
+                                                     requested=str(request.amount), decimals=request.asset.decimals)
+                    batch.apply(draft)
+                except ApiError as error:
+                    results[index] = error
+                    continue
                 if key in usage:
-                    limit = policy.daily_limit_per_user  # type: ignore[union-attr]
-                    if usage[key].amount + request.amount > limit:
-                        raise DailyLimitExceeded(limit=str(limit), remaining=str(max(limit - usage[key].amount, 0)),
-                                                 requested=str(request.amount), decimals=request.asset.decimals)
-                batch.apply(draft)
-            except ApiError as error:
-                results[index] = error
-                continue
-            if key in usage:
-                usage[key].amount += request.amount
-            transfers.append(transfer)
-            results[index] = transfer
-            events.extend(transfer_events)
-        # Everything but the entries first: the ledger head is locked by flush(), for the entries only.
-        if transfers:
-            _transfers_insert(transfers, defer=batch.deferred, rows=[rows[t.pk] for t in transfers] if rows else None)
-        changed = [row for key, row in usage.items() if row.amount != used_before[key]]
-        if changed:
-            DailyUsage.all_tenants.bulk_update(changed, ["amount"])
-        batch.events.extend(events)
-        batch.flush()
+                    usage[key].amount += request.amount
+                transfers.append(transfer)
+                results[index] = transfer
+                events.extend(transfer_events)
+            # Everything but the entries first: the ledger head is locked by flush(), for the entries only.
+            if transfers:
+                _transfers_insert(transfers, defer=batch.deferred,
+                                  rows=[rows[t.pk] for t in transfers] if rows else None)
+            changed = [row for key, row in usage.items() if row.amount != used_before[key]]
+            if changed:
+                DailyUsage.all_tenants.bulk_update(changed, ["amount"])
+            batch.events.extend(events)
+            batch.flush()
+            if writer is not None:
+                writer.release()  # the last statement before COMMIT
+    finally:
+        if writer is not None:
+            writer.release_after_rollback()
     return results  # type: ignore[return-value]
 
 
