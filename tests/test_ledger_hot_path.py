@@ -97,3 +97,45 @@ def test_the_policy_cache_expires(tenant_a: Tenant, settings, monkeypatch: pytes
     assert selectors.tenant_asset_by_code_cached(tenant=tenant_a, code="USD").max_per_transfer == 100
     settings.LEDGER_POLICY_CACHE_SECONDS = 0
     assert selectors.tenant_asset_by_code_cached(tenant=tenant_a, code="USD").max_per_transfer == 7
+
+
+def test_native_placeholders_number_django_style_parameters() -> None:
+    assert bulk.native_placeholders("SELECT %s, x FROM t WHERE a = %s") == "SELECT $1, x FROM t WHERE a = $2"
+    assert bulk.native_placeholders("SELECT 1") == "SELECT 1"
+    for sql in ("SELECT '%%' || %s", "SELECT %(name)s"):
+        with pytest.raises(ValueError, match="positional"):
+            bulk.native_placeholders(sql)
+
+
+def test_the_hot_cursor_behaves_like_djangos(tenant_a: Tenant) -> None:
+    """Errors are Django's exception classes, execute wrappers and query logging see the statement, and on
+    PostgreSQL a short statement is prepared once per connection (and a long one is not)."""
+    from django.db import IntegrityError
+    from django.test.utils import CaptureQueriesContext
+
+    seen: list[str] = []
+
+    def wrapper(execute, sql, params, many, context):
+        seen.append(sql)
+        return execute(sql, params, many, context)
+
+    sql = "SELECT slug FROM tenants_tenant WHERE id = %s"
+    with connection.execute_wrapper(wrapper), CaptureQueriesContext(connection) as queries, \
+            bulk.hot_cursor(connection) as cursor:
+        cursor.execute(sql, [tenant_a.pk if connection.vendor == "postgresql" else tenant_a.pk.hex])
+        assert cursor.fetchone() == ("tenant-a",)
+    assert seen == [sql]
+    assert [q["sql"] for q in queries.captured_queries][-1].startswith("SELECT slug FROM tenants_tenant")
+    with pytest.raises(IntegrityError), transaction.atomic(), bulk.hot_cursor(connection) as cursor:
+        cursor.execute("INSERT INTO tenants_tenant (id) VALUES (NULL)")
+    if connection.vendor != "postgresql":
+        return
+    long_sql = "SELECT %s" + " + 0" * (bulk.PREPARE_MAX_LENGTH // 4) + " AS n"
+    with bulk.hot_cursor(connection) as cursor:
+        cursor.execute(sql, [tenant_a.pk])
+        cursor.execute(long_sql, [1])
+        assert cursor.fetchone() == (1,)
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        prepared = [row[0] for row in cursor.fetchall()]
+    assert "SELECT slug FROM tenants_tenant WHERE id = $1" in prepared
+    assert not any(statement.startswith("SELECT $1 + 0") for statement in prepared)

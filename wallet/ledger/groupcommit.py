@@ -72,6 +72,8 @@ class TransferQueueTimeout(ServiceUnavailable):
     def __init__(self, retry_after: int = 1) -> None:
         super().__init__(retry_after=retry_after)
         self.headers["Retry-After"] = str(retry_after)
+
+
 JSON_CONTENT_TYPE = "application/json"
 
 
