@@ -18,8 +18,10 @@ def client_for(chain: Chain) -> RpcClient:
     with _lock:
         client = _clients.get(key)
         if client is None:
+            # Forget the client of the old URLs without closing it: another thread (the watcher, a request)
+            # may hold it still; each of them asks again (the watcher at every tick) and gets this one.
             for old in [k for k in _clients if k[0] == chain.chain_id]:
-                _clients.pop(old).close()
+                _clients.pop(old)
             client = RpcClient(chain.rpc_urls, timeout=setting("CHAINS_RPC_TIMEOUT_SECONDS"),
                                retries=setting("CHAINS_RPC_RETRIES"), backoff=setting("CHAINS_RPC_BACKOFF_SECONDS"))
             _clients[key] = client

@@ -7,6 +7,7 @@ Addresses are stored lower-case hex (`0x` + 40); transaction and block hashes lo
 
 from __future__ import annotations
 
+from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
 from django.db.models import Q
@@ -80,13 +81,23 @@ class Token(models.Model):
         return f"{self.symbol} on {self.chain.chain_id}"
 
 
+def _xpub_validator(value: str) -> None:
+    """Admin forms (and full_clean) refuse anything but an extended public key: an xprv is a private key."""
+    from chains.derivation import InvalidXpub, validate_xpub
+
+    try:
+        validate_xpub(value)
+    except InvalidXpub as exc:
+        raise ValidationError("Must be a BIP-32 extended public key (xpub/tpub), never a private key.") from exc
+
+
 class TenantChain(TenantOwned):
     """A chain a tenant's app offers; optionally the extended public key its deposit addresses come from."""
 
     id = models.UUIDField(primary_key=True, default=uuid7, editable=False)
     chain = models.ForeignKey(Chain, on_delete=models.PROTECT, related_name="+")
     enabled = models.BooleanField(default=True)
-    deposit_xpub = models.CharField(max_length=200, blank=True,
+    deposit_xpub = models.CharField(max_length=200, blank=True, validators=[_xpub_validator],
                                     help_text="BIP-32 extended public key (xpub); empty: no deposit addresses")
     next_deposit_index = models.PositiveIntegerField(default=0, editable=False)
     created_at = models.DateTimeField(default=timezone.now, editable=False)

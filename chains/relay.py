@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import rlp
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 from eth_account import Account
 from eth_account.typed_transactions import TypedTransaction
@@ -90,10 +90,14 @@ def relayed_transaction_submit(*, tenant: Tenant, user: User, chain: Chain, raw:
             raise errors.TransactionRejected(detail=exc.message[:300]) from None
     except RpcUnavailable:
         raise errors.ChainUnavailable() from None
-    with transaction.atomic():
-        row = RelayedTransaction.all_tenants.create(tenant=tenant, user=user, chain=chain, tx_hash=decoded.tx_hash,
-                                                    sender=decoded.sender, nonce=decoded.nonce, raw=raw_text)
-        _event(row)
+    try:
+        with transaction.atomic():
+            row = RelayedTransaction.all_tenants.create(tenant=tenant, user=user, chain=chain,
+                                                        tx_hash=decoded.tx_hash, sender=decoded.sender,
+                                                        nonce=decoded.nonce, raw=raw_text)
+            _event(row)
+    except IntegrityError:  # the same transaction submitted at the same moment: one row, theirs
+        return RelayedTransaction.all_tenants.get(tenant_id=tenant.pk, chain=chain, tx_hash=decoded.tx_hash)
     return row
 
 
@@ -147,9 +151,14 @@ def relay_track(*, chain: Chain, client: RpcClient, head: int, finalized: int | 
         mined_nonces, known = replies[2 * index], replies[2 * index + 1]
         if isinstance(mined_nonces, Exception) or isinstance(known, Exception):
             continue
+        if isinstance(known, dict) and known.get("blockNumber"):
+            continue  # mined between the two reads: its receipt comes next tick
         if to_int(mined_nonces) > row.nonce:
+            replaced_by = _replacement(client, row, head) or ""
+            if replaced_by.lower() == row.tx_hash.lower():
+                continue  # it took its own nonce: included, not replaced (receipt next tick)
             _transition(row.pk, RelayedTransaction.Status.REPLACED,
-                        replaced_by=_replacement(client, row, head) or "", block_number=None, block_hash="")
+                        replaced_by=replaced_by, block_number=None, block_hash="")
         elif known is None:
             _unknown_to_the_node(client, row)
         elif row.status == RelayedTransaction.Status.INCLUDED:  # its block was reorged away; back in the pool

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.db import transaction
-from django.db.models import Count, Max
+from django.db.models import Count, Max, Q
 from django.utils import timezone
 from eth_utils import keccak
 
@@ -42,7 +42,7 @@ from chains.rpc import RpcClient, RpcError, RpcResponseError, is_unsupported, to
 from tenants.models import Tenant
 from wallet.events.services import EventSpec, events_emit
 from wallet.events.streams import user_stream
-from wallet.ledger.engine import EntryDraft, Leg, apply_single
+from wallet.ledger.engine import EntryDraft, LedgerBatch, Leg, apply_single
 from wallet.ledger.errors import InsufficientFunds
 from wallet.ledger.models import Account, JournalEntry, Posting, TenantAsset
 from wallet.ledger.services import entry_reverse, system_account, user_accounts_ensure
@@ -123,6 +123,7 @@ class ChainWatcher:
     def __init__(self, chain: Chain, *, client: RpcClient | None = None,
                  max_blocks_per_tick: int | None = None) -> None:
         self.chain = chain
+        self.own_client = client is None  # else a client given by the caller (tests), kept as is
         self.client = client or client_for(chain)
         self.max_blocks = max_blocks_per_tick or setting("CHAINS_MAX_BLOCKS_PER_TICK")
         self.watch: dict[str, list[Owner]] = {}
@@ -147,8 +148,9 @@ class ChainWatcher:
         """Reload the watched addresses and tokens when they changed (one cheap aggregate query otherwise)."""
         tenant_ids = self._tenant_ids()
         # Count and newest creation time: an insert or a delete changes one of them (PostgreSQL has no max(uuid)).
-        linked = LinkedWallet.all_tenants.filter(tenant_id__in=tenant_ids).aggregate(n=Count("pk"),
-                                                                                     last=Max("created_at"))
+        linked = (LinkedWallet.all_tenants.filter(Q(is_contract=False) | Q(chain_id=self.chain.chain_id),
+                                                  tenant_id__in=tenant_ids)
+                  .aggregate(n=Count("pk"), last=Max("created_at")))
         deposit = (DepositAddress.all_tenants.filter(tenant_id__in=tenant_ids, chain=self.chain)
                    .aggregate(n=Count("pk"), last=Max("created_at")))
         tokens = Token.objects.filter(chain=self.chain, enabled=True).aggregate(n=Count("pk"), last=Max("contract"))
@@ -159,8 +161,12 @@ class ChainWatcher:
         if version == self.watch_version:
             return
         watch: dict[str, list[Owner]] = {}
-        for address, tenant_id, user_id in (LinkedWallet.all_tenants.filter(tenant_id__in=tenant_ids)
-                                            .values_list("address", "tenant_id", "user_id").iterator(chunk_size=5000)):
+        # A contract wallet (ERC-1271) was verified on one chain only; the same address elsewhere may be
+        # someone else's contract (or nobody's yet).
+        linked_rows = LinkedWallet.all_tenants.filter(Q(is_contract=False) | Q(chain_id=self.chain.chain_id),
+                                                      tenant_id__in=tenant_ids)
+        for address, tenant_id, user_id in (linked_rows.values_list("address", "tenant_id", "user_id")
+                                            .iterator(chunk_size=5000)):
             watch.setdefault(address, []).append(Owner(tenant_id, user_id, Deposit.Kind.LINKED))
         deposit_rows = DepositAddress.all_tenants.filter(tenant_id__in=tenant_ids, chain=self.chain)
         for address, tenant_id, user_id in (deposit_rows.values_list("address", "tenant_id", "user_id")
@@ -183,6 +189,8 @@ class ChainWatcher:
     def tick(self) -> TickResult:
         """Do one round of work (see the module docstring); returns what it did."""
         self.chain = Chain.objects.select_related("native_asset").get(pk=self.chain.pk)
+        if self.own_client:
+            self.client = client_for(self.chain)  # a new one when the registry changed the chain's URLs
         self.refresh_watch()
         result = TickResult()
         calls = [("eth_blockNumber", [])]
@@ -199,7 +207,9 @@ class ChainWatcher:
         self._track_head(head)
 
         cursor = self._cursor(head)
-        ancestor = self.find_fork(cursor.block_number)
+        # A node behind our cursor (a failover to a lagging one) is compared at its own head: the blocks it
+        # has not seen yet are not "removed"; a real reorg differs at or below its head.
+        ancestor = self.find_fork(min(cursor.block_number, head))
         if ancestor is not None:
             self.rollback(ancestor)
             result.reorged_to = ancestor
@@ -315,8 +325,10 @@ class ChainWatcher:
             return entry_reverse(tenant=tenant, entry=entry, requested_by=None, memo=memo), 0
         except InsufficientFunds:
             pass
-        postings = list(Posting.all_tenants.filter(tenant_id=tenant.pk, entry=entry).order_by("pk"))
-        credited = next(p for p in postings if p.amount > 0)
+        postings = list(Posting.all_tenants.filter(tenant_id=tenant.pk, entry=entry).select_related("account")
+                        .order_by("pk"))
+        # The user's credit (a re-credit that repaid suspense also credits the suspense account).
+        credited = next(p for p in postings if p.amount > 0 and p.account.user_id is not None)
         user_account = Account.all_tenants.select_for_update().get(pk=credited.account_id)
         take = max(0, min(int(credited.amount), int(user_account.posted - user_account.held)))
         shortfall = int(credited.amount) - take
@@ -632,9 +644,11 @@ class ChainWatcher:
             final_rows = [d for d in rows if head - d.block_number + 1 >= required
                           or (finalized is not None and d.block_number <= finalized)]
             externals: dict[Any, Any] = {}
+            suspense: dict[Any, Any] = {}
             targets = user_accounts_ensure(tenant=tenant, pairs=sorted({(d.user_id, d.asset_id) for d in final_rows
                                                                         if d.direction == Deposit.Direction.IN}))
             now = timezone.now()
+            credits: list[tuple[Deposit, EntryDraft]] = []
             for deposit in rows:
                 deposit.confirmations = max(head - deposit.block_number + 1, deposit.confirmations)
                 if deposit not in final_rows:
@@ -643,41 +657,47 @@ class ChainWatcher:
                     events.append(EventSpec(stream=user_stream(deposit.user_id), type=event_type(deposit),
                                             data=deposit_payload(deposit, self.chain)))
                     continue
+                deposit.status = Deposit.Status.FINAL
+                deposit.final_at = now
                 if deposit.direction == Deposit.Direction.OUT:  # activity only: the ledger is not touched
-                    deposit.status = Deposit.Status.FINAL
-                    deposit.final_at = now
                     deposit.save(update_fields=["status", "confirmations", "final_at"])
                     events.append(EventSpec(stream=user_stream(deposit.user_id), type=event_type(deposit),
                                             data=deposit_payload(deposit, self.chain)))
                     continue
-                external = externals.get(deposit.asset_id)
-                if external is None:
-                    external = externals[deposit.asset_id] = system_account(
-                        tenant=tenant, asset=deposit.asset, kind=Account.Kind.EXTERNAL,
-                        rail=f"chain:{self.chain.chain_id}")
-                target_id = targets[(deposit.user_id, deposit.asset_id)]
-                legs = [Leg(external.pk, -deposit.amount)]
+                rail = f"chain:{self.chain.chain_id}"
+                if deposit.asset_id not in externals:
+                    externals[deposit.asset_id] = system_account(tenant=tenant, asset=deposit.asset,
+                                                                 kind=Account.Kind.EXTERNAL, rail=rail).pk
+                legs = [Leg(externals[deposit.asset_id], -deposit.amount)]
                 # A deposit that came back after a reorg whose reversal left a shortfall repays the suspense
                 # account first (the user already had, and spent, that part).
                 repay = min(int(deposit.shortfall), int(deposit.amount))
                 if repay:
-                    legs.append(Leg(system_account(tenant=tenant, asset=deposit.asset, kind=Account.Kind.SUSPENSE,
-                                                   rail=f"chain:{self.chain.chain_id}").pk, repay))
+                    if deposit.asset_id not in suspense:
+                        suspense[deposit.asset_id] = system_account(tenant=tenant, asset=deposit.asset,
+                                                                    kind=Account.Kind.SUSPENSE, rail=rail).pk
+                    legs.append(Leg(suspense[deposit.asset_id], repay))
                 if deposit.amount - repay:
-                    legs.append(Leg(target_id, deposit.amount - repay))
-                deposit.entry = apply_single(tenant, EntryDraft(
+                    legs.append(Leg(targets[(deposit.user_id, deposit.asset_id)], deposit.amount - repay))
+                credits.append((deposit, EntryDraft(
                     kind=JournalEntry.Kind.DEPOSIT, legs=legs,
                     memo=f"Deposit {deposit.tx_hash[:18]} on chain {self.chain.chain_id}"[:200],
-                    reference=f"deposit:{deposit.pk}"))
-                deposit.status = Deposit.Status.FINAL
-                deposit.final_at = now
+                    reference=f"deposit:{deposit.pk}")))
+            # All credits of the tenant in one ledger batch: its accounts locked together in primary-key order,
+            # then the deposit events with the balance events, after the ledger's locks (one outbox write).
+            # One account at a time, with the ledger head held in between, could deadlock with transfers.
+            batch = LedgerBatch(tenant)
+            batch.lock([leg.account_id for _, draft in credits for leg in draft.legs])
+            for deposit, draft in credits:
+                batch.apply(draft)  # credits only: the external and suspense accounts may go negative
+                deposit.entry_id = draft.id
                 deposit.shortfall = 0
                 deposit.save(update_fields=["status", "confirmations", "entry", "final_at", "shortfall"])
                 events.append(EventSpec(stream=user_stream(deposit.user_id), type=event_type(deposit),
                                         data=deposit_payload(deposit, self.chain)))
                 finals += 1
-            if events:
-                events_emit(tenant=tenant, events=events)
+            batch.events.extend(events)
+            batch.flush()
         return finals
 
 

@@ -190,3 +190,24 @@ def test_activity_api_lists_both_directions_and_deposits_only_incoming(anvil: An
     assert client_a.get(f"/api/v1/deposits/{out[0]['id']}").status_code == 404
     bad = client_a.get("/api/v1/activity?direction=sideways")
     assert bad.status_code == 400 and bad.json()["code"] == "activity_direction_invalid"
+
+
+def test_a_contract_wallet_is_watched_only_on_the_chain_it_was_verified_on(chain_env: ChainEnv, tenant_a: Tenant,
+                                                                          user_a: User) -> None:
+    """ERC-1271 proves control of a contract on one chain; the same address elsewhere may be someone else's
+    contract, so deposits there are not the user's. An ordinary (EOA) address is the user's on every chain."""
+    from chains.models import LinkedWallet
+
+    chain = chain_env.chain
+    elsewhere = new_account().address.lower()
+    here = new_account().address.lower()
+    eoa = new_account().address.lower()
+    LinkedWallet.all_tenants.create(tenant=tenant_a, user=user_a, address=elsewhere, chain_id=chain.chain_id + 1,
+                                    is_contract=True)
+    LinkedWallet.all_tenants.create(tenant=tenant_a, user=user_a, address=here, chain_id=chain.chain_id,
+                                    is_contract=True)
+    LinkedWallet.all_tenants.create(tenant=tenant_a, user=user_a, address=eoa, chain_id=chain.chain_id + 1)
+    watcher = ChainWatcher(chain)
+    watcher.refresh_watch()
+    assert here in watcher.watch and eoa in watcher.watch
+    assert elsewhere not in watcher.watch

@@ -121,3 +121,22 @@ def test_registry_admin_is_for_superusers_and_tenant_rows_are_scoped(client: obj
     assert page.status_code == 200 and b'name="name"' not in page.content  # read-only for tenant staff
     listing = owner.get("/admin/chains/tenantchain/")
     assert listing.status_code == 200 and listing.context["cl"].result_count == 1
+
+
+def test_the_tenant_chain_refuses_a_private_key_where_the_admin_writes_it(tenant_a: Tenant) -> None:
+    """The model field validates, so an admin form cannot store an xprv (a private key) or garbage."""
+    from django.core.exceptions import ValidationError
+
+    from chains.models import TenantChain
+
+    chain = chain_register(chain_id=999_001, name="validating", rpc_urls=["http://127.0.0.1:1"])
+    row = TenantChain(tenant=tenant_a, chain=chain, deposit_xpub=BIP32.from_seed(SEED).get_xpriv())
+    with pytest.raises(ValidationError, match="never a private key"):
+        row.clean_fields()
+    row.deposit_xpub = "xpub-not-a-key"
+    with pytest.raises(ValidationError):
+        row.clean_fields()
+    row.deposit_xpub = XPUB
+    row.clean_fields()
+    row.deposit_xpub = ""
+    row.clean_fields()
