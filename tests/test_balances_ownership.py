@@ -95,3 +95,71 @@ def test_a_customer_belongs_to_one_user_and_the_check_can_be_turned_off(unit_ten
     someone = UserFactory(tenant=tenant)
     client_a.login_as(someone)
     assert link(client_a, "42").status_code == 201
+
+
+def test_a_closed_account_of_another_customer_answers_not_found(tenant_a: Tenant, settings: Any,
+                                                                monkeypatch: pytest.MonkeyPatch,
+                                                                client_a: AppClient, user_a: User) -> None:
+    """The owner check comes before the status check: a stranger learns nothing of the account, not even
+    that it exists and is closed; its owner hears that it is closed."""
+    settings.BALANCES_CONFIG_CACHE_SECONDS = 0
+    breakers_reset()
+    ProviderConfig.all_tenants.create(tenant=tenant_a, kind="banking", provider="unit")
+    closed = copy.deepcopy(DOCUMENT)
+    closed["data"]["attributes"]["status"] = "Closed"
+    monkeypatch.setattr(services, "banking_provider", lambda **_: unit_serving(closed))
+    client_a.login_as(user_a)
+    services.bank_customer_set(tenant=tenant_a, user=user_a, provider="unit", customer_ref="99999")
+    assert link(client_a, "42").json()["code"] == "bank_account_not_found"
+    services.bank_customer_set(tenant=tenant_a, user=UserFactory(tenant=tenant_a), provider="unit",
+                               customer_ref="45555")
+    owner = UserFactory(tenant=tenant_a)
+    LinkedBankAccount.all_tenants.all().delete()
+    from wallet.balances.models import BankCustomer
+
+    BankCustomer.all_tenants.filter(customer_ref="45555").update(user=owner)
+    client_a.login_as(owner)
+    response = link(client_a, "42")
+    assert response.status_code == 422 and response.json()["code"] != "bank_account_not_found"
+
+
+def test_a_unit_account_without_its_owners_is_refused(unit_tenant: ProviderConfig, client_a: AppClient,
+                                                      user_a: User, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unit names an account's customers; a document without them fails closed (not open to everyone)."""
+    anonymous = copy.deepcopy(DOCUMENT)
+    anonymous["data"]["relationships"] = {}
+    monkeypatch.setattr(services, "banking_provider", lambda **_: unit_serving(anonymous))
+    services.bank_customer_set(tenant=user_a.tenant, user=user_a, provider="unit", customer_ref="45555")
+    client_a.login_as(user_a)
+    assert link(client_a, "42").json()["code"] == "bank_account_not_found"
+    assert not LinkedBankAccount.all_tenants.exists()
+
+
+@pytest.mark.parametrize("ref", ["42#", "..", "42%2F..", "42/x", "a b", ""])
+def test_unit_refuses_account_ids_that_change_the_path(ref: str) -> None:
+    from wallet.balances.providers.errors import ProviderNotFound
+
+    with pytest.raises(ProviderNotFound):
+        asyncio.run(unit_serving(DOCUMENT).account_get(ref))
+
+
+def test_a_provider_cannot_be_pointed_at_another_host(tenant_a: Tenant) -> None:
+    """`options.base_url` would carry the stored token to wherever it points (or to an internal address):
+    only HTTPS to the provider's own hosts is accepted, in the adapter factory and in the admin form."""
+    from wallet.balances.admin import ProviderConfigForm
+    from wallet.balances.providers.errors import ProviderNotConfigured
+    from wallet.balances.providers.factory import provider_base_url
+
+    assert provider_base_url("unit", {"base_url": "https://api.unit.co/"}) == "https://api.unit.co"
+    assert provider_base_url("coingecko", {}) == ""
+    for url in ("https://evil.example", "http://api.unit.co", "https://169.254.169.254",
+                "https://api.unit.co:8443", "https://user@api.unit.co"):
+        with pytest.raises(ProviderNotConfigured):
+            provider_base_url("unit", {"base_url": url})
+    form = ProviderConfigForm(data={"tenant": tenant_a.pk, "kind": "banking", "provider": "unit", "enabled": True,
+                                    "options": json.dumps({"base_url": "https://evil.example"})})
+    from wallet.core.context import tenant_scope
+
+    with tenant_scope(tenant_a):
+        assert not form.is_valid()
+    assert "not an allowed unit endpoint" in str(form.errors["options"])

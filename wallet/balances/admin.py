@@ -13,6 +13,8 @@ from django.utils import timezone
 from tenants.admin_scoping import TenantScopedAdmin
 from wallet.balances.crypto import credentials_encrypt
 from wallet.balances.models import BankCustomer, LinkedBankAccount, ProviderConfig
+from wallet.balances.providers.errors import ProviderNotConfigured
+from wallet.balances.providers.factory import provider_base_url
 
 
 class ProviderConfigForm(forms.ModelForm):
@@ -27,6 +29,16 @@ class ProviderConfigForm(forms.ModelForm):
     class Meta:
         model = ProviderConfig
         fields = ("tenant", "kind", "provider", "options", "enabled")
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        options = cleaned.get("options")
+        if isinstance(options, dict) and cleaned.get("provider"):
+            try:
+                provider_base_url(cleaned["provider"], options)
+            except ProviderNotConfigured as exc:
+                self.add_error("options", str(exc))
+        return cleaned
 
     def clean_credentials(self) -> dict[str, Any] | None:
         text = self.cleaned_data.get("credentials") or ""

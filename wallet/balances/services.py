@@ -492,8 +492,6 @@ def bank_account_verify(*, tenant: Tenant, account_ref: str) -> tuple[str, BankA
     if outcome.error is not None:
         raise BankingUnavailable(reason=outcome.error if outcome.error in _UNAVAILABLE_CODES else "provider_error")
     bank: BankAccount = outcome.value
-    if bank.status != "open":
-        raise BankAccountNotOpen(status=bank.status)
     return adapter.name, bank
 
 
@@ -502,7 +500,9 @@ def bank_account_link(*, tenant: Tenant, user: User, account_ref: str) -> Linked
     when it names the account's owners, that the user's customer (`BankCustomer`) is one of them. One
     active link per provider account in a tenant (409 `bank_account_already_linked`)."""
     provider, bank = bank_account_verify(tenant=tenant, account_ref=account_ref)
-    _check_owner(tenant, user, provider, bank)
+    _check_owner(tenant, user, provider, bank)  # first: another customer's account says nothing of its status
+    if bank.status != "open":
+        raise BankAccountNotOpen(status=bank.status)
     try:
         with transaction.atomic():
             account = LinkedBankAccount.all_tenants.create(
@@ -516,15 +516,23 @@ def bank_account_link(*, tenant: Tenant, user: User, account_ref: str) -> Linked
     return account
 
 
+# Adapters whose account documents name the owners (Unit's customer relationships); the sandbox names none.
+_PROVIDERS_NAMING_OWNERS = frozenset({"unit"})
+
+
 def _check_owner(tenant: Tenant, user: User, provider: str, bank: BankAccount) -> None:
     """Refuse an account whose owners at the provider do not include the user's customer there. An adapter
     that cannot tell (no owners: the sandbox) is not checked; nor is a tenant whose banking config sets
     `options.verify_owner = false` (its onboarding does not record customers yet). The refusal is the
     answer for an unknown account (422 `bank_account_not_found`): no probing other people's accounts."""
-    if not bank.owners:
-        return
     config = provider_configs(tenant=tenant).get(ProviderConfig.Kind.BANKING)
     if config is not None and (config.options or {}).get("verify_owner") is False:
+        return
+    if not bank.owners:
+        if provider in _PROVIDERS_NAMING_OWNERS:  # a document without its owners: fail closed
+            logger.warning("bank account without owners at a provider that names them",
+                           extra={"user": str(user.pk), "provider": provider})
+            raise BankAccountNotFound()
         return
     owned = BankCustomer.objects.for_tenant(tenant).filter(user=user, provider=provider,
                                                            customer_ref__in=bank.owners).exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from django.conf import settings
@@ -21,6 +22,28 @@ test_transport: httpx.AsyncBaseTransport | None = None
 
 
 _configs: dict[Any, tuple[float, dict[str, ProviderConfig]]] = {}
+
+
+# The hosts each real adapter may be pointed at with `options.base_url`. The option is tenant-editable
+# (admin), the credentials it carries are not readable: any other host could receive the stored token, or
+# be an internal address (SSRF). The platform extends the list with BALANCES_PROVIDER_HOSTS (settings).
+PROVIDER_HOSTS: dict[str, frozenset[str]] = {
+    ProviderConfig.Provider.UNIT: frozenset({"api.s.unit.sh", "api.unit.co"}),
+    ProviderConfig.Provider.COINGECKO: frozenset({"api.coingecko.com", "pro-api.coingecko.com"}),
+}
+
+
+def provider_base_url(provider: str, options: dict[str, Any]) -> str:
+    """`options.base_url`, or "" for the adapter's default; refused unless HTTPS to an allowed host."""
+    url = str(options.get("base_url") or "")
+    if not url:
+        return ""
+    parts = urlsplit(url)
+    extra = getattr(settings, "BALANCES_PROVIDER_HOSTS", {}).get(provider, ())
+    if parts.scheme != "https" or parts.hostname not in PROVIDER_HOSTS.get(provider, frozenset()) | set(extra) \
+            or parts.username or parts.password or parts.port not in (None, 443):
+        raise ProviderNotConfigured(f"base_url {url!r} is not an allowed {provider} endpoint", provider=provider)
+    return url.rstrip("/")
 
 
 def provider_configs(*, tenant: Tenant) -> dict[str, ProviderConfig]:
@@ -79,7 +102,8 @@ def banking_provider(*, tenant: Tenant, config: ProviderConfig | None) -> Bankin
         token = _credentials(config).get("token")
         if not token:
             raise ProviderAuthFailed("no Unit token configured", provider="unit")
-        return UnitBanking(token=token, base_url=options.get("base_url") or UnitBanking.DEFAULT_BASE_URL,
+        return UnitBanking(token=token, base_url=provider_base_url(config.provider, options)
+                           or UnitBanking.DEFAULT_BASE_URL,
                            timeout=_timeout(options), transport=test_transport)
     raise ProviderNotConfigured(f"{config.provider} is not a banking provider", provider=config.provider)
 
@@ -96,6 +120,6 @@ def price_provider(*, tenant: Tenant, config: ProviderConfig | None) -> PricePro
                              timeout=_timeout(options))
     if config.provider == ProviderConfig.Provider.COINGECKO:
         return CoinGeckoPrices(api_key=_credentials(config).get("api_key", ""), plan=options.get("plan", "demo"),
-                               base_url=options.get("base_url", ""), timeout=_timeout(options),
+                               base_url=provider_base_url(config.provider, options), timeout=_timeout(options),
                                coin_ids=options.get("coin_ids"), transport=test_transport)
     raise ProviderNotConfigured(f"{config.provider} is not a price provider", provider=config.provider)
