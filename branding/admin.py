@@ -22,8 +22,8 @@ from branding.models import BrandingAsset, BrandingDraft, BrandingRelease, Build
 from branding.preview import draft_problems, preview_context, release_diff
 from branding.selectors import asset_loader
 from branding.validation import check_upload
-from tenants.admin_scoping import MANAGERS, TenantScopedAdmin
-from tenants.models import Tenant
+from tenants.admin_scoping import MANAGERS, TenantScopedAdmin, role_at_least
+from tenants.models import Membership, Tenant
 
 NOBODY: frozenset[str] = frozenset()
 IMAGE_USAGES = ("app_icon", "adaptive_foreground", "adaptive_monochrome", "logo", "splash_image")
@@ -304,6 +304,14 @@ class BuildHookAdmin(TenantScopedAdmin):
     form = BuildHookForm
     list_display = ("url", "tenant", "enabled", "created_at")
     readonly_fields = ("secret",)
+
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        """The signing secret is shown to the tenant's managers only (support and viewers can forge
+        nothing with what they read here)."""
+        fields = list(super().get_fields(request, obj))
+        if not (request.user.is_superuser or role_at_least(request, Membership.Role.ADMIN)):
+            fields = [name for name in fields if name != "secret"]
+        return fields
 
     def save_model(self, request: HttpRequest, obj: BuildHook, form: Any, change: bool) -> None:
         tenant = Tenant.objects.get(pk=obj.tenant_id) if request.user.is_superuser else request.user.tenant

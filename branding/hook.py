@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -81,7 +82,11 @@ def vetted_addresses(host: str, port: int, *, allow: bool = False) -> list[str]:
     if not allow:
         for address in addresses:
             if not is_public_address(ipaddress.ip_address(address.split("%", 1)[0])):
-                raise HookAddressRefused(f"{host} resolves to {address}, which is not a public address")
+                # The address stays in the server's log: the message is stored on the delivery, which the
+                # tenant's staff read (it would map their host names to our internal addresses).
+                logging.getLogger("branding.hook").warning("hook host refused", extra={"host": host,
+                                                                                       "address": address})
+                raise HookAddressRefused(f"{host} does not resolve to a public address only")
     return addresses
 
 

@@ -183,3 +183,13 @@ def test_tenant_b_admin_cannot_see_or_publish_tenant_a_branding(tenant_a: Tenant
     assert BrandingRelease.all_tenants.filter(tenant=tenant_b).count() == 0
     assert BrandingDraft.all_tenants.get(pk=draft_a.pk).content == changed
     assert BuildToken.all_tenants.get(tenant=tenant_a).revoked_at is None
+
+
+def test_only_managers_see_the_build_hooks_signing_secret(tenant_a: Tenant, owner_a: User) -> None:
+    hook = services.build_hook_set(tenant=tenant_a, url="https://ci.example.com/brand-hook")
+    url = f"/admin/branding/buildhook/{hook.pk}/change/"
+    assert hook.secret in admin_client(owner_a).get(url).content.decode()
+    for role in (Membership.Role.SUPPORT, Membership.Role.VIEWER):
+        response = admin_client(make_staff(tenant_a, role)).get(url)
+        assert response.status_code == 200
+        assert hook.secret not in response.content.decode()

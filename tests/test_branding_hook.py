@@ -181,7 +181,8 @@ def test_a_name_resolving_to_loopback_is_refused_at_connect_time(tenant_a: Tenan
     assert receiver.requests == []
     delivery = HookDelivery.all_tenants.get(tenant=tenant_a)
     assert (delivery.status, delivery.attempts) == ("failed", 1)
-    assert "not a public address" in delivery.last_error
+    assert "not resolve to a public address" in delivery.last_error
+    assert "127.0.0.1" not in delivery.last_error and "::1" not in delivery.last_error
 
 
 def test_every_resolved_address_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
