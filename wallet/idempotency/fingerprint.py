@@ -135,6 +135,14 @@ def canonical_body(body: bytes) -> bytes:
     return b"json:" + "".join(out).encode("ascii")
 
 
+def canonical_parsed(value: Any) -> bytes:
+    """`canonical_body(body)` from `value`, the body already parsed as `canonical_body` parses it (JSON
+    with Decimal floats); the caller skips a second parse."""
+    out: list[str] = []
+    _canonical(value, out)
+    return b"json:" + "".join(out).encode("ascii")
+
+
 def canonical_data(data: Any) -> bytes:
     """Canonical form of an already parsed body (used when the raw body can no longer be read)."""
     out: list[str] = []

@@ -51,8 +51,10 @@ from wallet.idempotency.services import (
     idempotency_claim_many,
     idempotency_complete_many,
 )
-from wallet.ledger.models import Transfer
-from wallet.ledger.services import TransferRequest, transfers_execute
+from wallet.ledger.errors import RecipientNotFound
+from wallet.ledger.models import TenantAsset, Transfer
+from wallet.ledger.selectors import transfer_parties_find
+from wallet.ledger.services import TransferRequest, transfers_execute, user_accounts_remember
 
 logger = logging.getLogger("wallet.ledger.groupcommit")
 
@@ -89,13 +91,28 @@ class Outcome:
     error: BaseException | None = None
 
 
+@dataclass(frozen=True)
+class TransferOrder:
+    """A validated transfer whose recipient is still a text (email or handle): the batch resolves the
+    recipients of all its jobs in one query. `policy` is the asset's policy, or the error that looking it
+    up gave (answered only when the recipient exists: an unknown recipient is reported first)."""
+
+    sender: User
+    recipient: str
+    amount: int
+    memo: str
+    policy: TenantAsset | ApiError
+
+
 @dataclass(eq=False)
 class TransferJob:
-    """One `POST /api/v1/transfers`: its key, and either the transfer to make or its refusal."""
+    """One `POST /api/v1/transfers`: its key, and the transfer to make (as an order or already resolved)
+    or its refusal."""
 
     claim: ClaimRequest
     viewer: User
     transfer: TransferRequest | None = None
+    order: TransferOrder | None = None
     refusal: ApiError | None = None  # found while validating; stored as the key's answer
     request_id: str | None = None
     outcome: Outcome | None = None
@@ -157,6 +174,7 @@ def execute_batch(tenant: Tenant, jobs: list[TransferJob]) -> list[Outcome]:
                 outcomes[index] = _replay(claim.stored)
             else:
                 fresh.append((index, claim))
+        _resolve_orders(tenant, [jobs[index] for index, _ in fresh])
         to_execute = [(index, claim) for index, claim in fresh if jobs[index].refusal is None]
         results = transfers_execute(tenant=tenant, requests=[jobs[index].transfer for index, _ in to_execute])
         result_of = {index: result for (index, _), result in zip(to_execute, results, strict=True)}
@@ -176,6 +194,31 @@ def execute_batch(tenant: Tenant, jobs: list[TransferJob]) -> list[Outcome]:
                                           content_type=outcome.content_type, location=outcome.location))
         idempotency_complete_many(completions)
     return outcomes  # type: ignore[return-value]
+
+
+def _resolve_orders(tenant: Tenant, jobs: list[TransferJob]) -> None:
+    """Turn the jobs' orders into transfer requests, or refusals: one query for all their recipients."""
+    orders = [job for job in jobs if job.order is not None and job.refusal is None]
+    if not orders:
+        return
+    asset_ids = {job.order.policy.asset_id for job in orders  # type: ignore[union-attr]
+                 if not isinstance(job.order.policy, ApiError)}  # type: ignore[union-attr]
+    parties = transfer_parties_find(tenant=tenant, texts={job.order.recipient for job in orders},  # type: ignore[union-attr]
+                                    asset_ids=sorted(asset_ids), sender_ids=sorted({job.viewer.pk for job in orders}))
+    # Existing accounts, seen committed: the ledger below finds them without looking them up again.
+    user_accounts_remember(tenant_id=tenant.pk, ids=parties.accounts)
+    recipients = parties.recipients
+    for job in orders:
+        order = job.order
+        assert order is not None
+        recipient = recipients.get(order.recipient)
+        if recipient is None:
+            job.refusal = RecipientNotFound()
+        elif isinstance(order.policy, ApiError):
+            job.refusal = order.policy
+        else:
+            job.transfer = TransferRequest(sender=order.sender, recipient=recipient, asset=order.policy.asset,
+                                           amount=order.amount, memo=order.memo, policy=order.policy)
 
 
 class GroupCommitter:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 from django.conf import settings
 from django.db import connections, router
@@ -113,11 +116,29 @@ def access_hold(*, tenant: Tenant, user: User, hold_id: Any) -> Hold:
 _USER_FIELDS = tuple(User._meta.get_field(name) for name in
                      ("id", "tenant", "email", "handle", "display_name", "is_active"))
 _TENANT_FIELD = User._meta.get_field("tenant")
-_RECIPIENT_SQL = {
-    column: (f"SELECT {', '.join(field.column for field in _USER_FIELDS)} FROM {User._meta.db_table} "  # noqa: S608
-             f"WHERE tenant_id = %s AND is_active AND lower({column}) = %s LIMIT 1")
-    for column in ("email", "handle")
-}
+# lower(...) = ...: the form the unique indexes are built on (iexact's UPPER would scan). Plain SQL: it runs
+# on every transfer batch, and the ORM's compilation cost more than the query.
+_USER_TABLE, _ACCOUNT_TABLE = User._meta.db_table, Account._meta.db_table
+_ID_FIELD = User._meta.get_field("id")
+_ASSET_ID_FIELD = Account._meta.get_field("asset")
+_USER_COLUMNS = ", ".join(field.column for field in _USER_FIELDS)
+_PARTY_COLUMNS = (", ".join(f"u.{field.column}" for field in _USER_FIELDS)
+                  + ", lower(u.email), lower(u.handle), a.asset_id, a.id")
+# The parties of a batch of transfers: recipients by email or handle (active users only), senders by id,
+# and their existing user accounts in the batch's assets (none: one row with NULLs). One arm per index
+# (an OR of the three would scan the tenant's users).
+_PARTIES_SQL_TEMPLATE = (
+    f"WITH u AS (SELECT {_USER_COLUMNS} FROM {_USER_TABLE} "  # noqa: S608 (constant names)
+    "WHERE tenant_id = %s AND is_active AND lower(email) {emails} "
+    f"UNION SELECT {_USER_COLUMNS} FROM {_USER_TABLE} "
+    "WHERE tenant_id = %s AND is_active AND handle IS NOT NULL AND lower(handle) {handles} "
+    f"UNION SELECT {_USER_COLUMNS} FROM {_USER_TABLE} WHERE tenant_id = %s AND id {{senders}}) "
+    f"SELECT {_PARTY_COLUMNS} FROM u "
+    f"LEFT JOIN {_ACCOUNT_TABLE} a ON a.tenant_id = u.tenant_id AND a.user_id = u.id AND a.kind = 'user' "
+    "AND a.asset_id {assets}"
+)
+_PARTIES_SQL = _PARTIES_SQL_TEMPLATE.format(emails="= ANY(%s::text[])", handles="= ANY(%s::text[])",
+                                            senders="= ANY(%s::uuid[])", assets="= ANY(%s::uuid[])")
 
 
 _CONVERTERS: dict[str, list[tuple[str, Any, list[Any]]]] = {}
@@ -137,28 +158,94 @@ def _user_converters(connection: Any) -> list[tuple[str, Any, list[Any]]]:
     return found
 
 
+def recipient_lookup(text: str) -> tuple[str, str]:
+    """How a transfer's `recipient` text is looked up: ("email", lowered) when it has an @ after its first
+    character, else ("handle", lowered, without a leading @)."""
+    text = text.strip()
+    if "@" in text[1:]:
+        return "email", text.lower()
+    return "handle", text.lstrip("@").lower()
+
+
+def recipients_find(*, tenant: Tenant, texts: Iterable[str]) -> dict[str, User]:
+    """The active users of the tenant that the given recipient texts name (email or handle, see
+    `recipient_lookup`), by text; a text that names nobody is left out. One query for all of them."""
+    return transfer_parties_find(tenant=tenant, texts=texts).recipients
+
+
+@dataclass(frozen=True)
+class TransferParties:
+    recipients: dict[str, User]  # by recipient text (see `recipients_find`)
+    accounts: dict[tuple[UUID, UUID], UUID]  # (user id, asset id) -> existing user account id
+
+
+def transfer_parties_find(*, tenant: Tenant, texts: Iterable[str], asset_ids: Sequence[UUID] = (),
+                          sender_ids: Sequence[UUID] = ()) -> TransferParties:
+    """For a batch of transfers, in one query: the recipients its texts name (as `recipients_find`), and the
+    existing accounts in `asset_ids` of those recipients and of `sender_ids` (the group commit resolves a
+    whole batch's parties at once; the ledger then locks those accounts without looking them up again)."""
+    lookups = {text: recipient_lookup(text) for text in texts}
+    emails = sorted({value for column, value in lookups.values() if column == "email" and value})
+    handles = sorted({value for column, value in lookups.values() if column == "handle" and value})
+    senders = sorted(set(sender_ids))
+    assets = sorted(set(asset_ids))
+    if not emails and not handles and not senders:
+        return TransferParties({}, {})
+    connection = connections[router.db_for_read(User) or "default"]
+    tenant_value = _TENANT_FIELD.get_db_prep_value(tenant.pk, connection)
+    if connection.vendor == "postgresql":
+        sql, params = _PARTIES_SQL, [tenant_value, emails, tenant_value, handles, tenant_value, senders, assets]
+    else:  # no arrays: IN lists (an empty one matches nothing)
+        def marks(values: Sequence[Any]) -> str:
+            return ", ".join(["%s"] * len(values)) or "NULL"
+        sql = _PARTIES_SQL_TEMPLATE.format(emails=f"IN ({marks(emails)})", handles=f"IN ({marks(handles)})",
+                                           senders=f"IN ({marks(senders)})", assets=f"IN ({marks(assets)})")
+        params = [tenant_value, *emails, tenant_value, *handles, tenant_value,
+                  *(_ID_FIELD.get_db_prep_value(u, connection) for u in senders),
+                  *(_ASSET_ID_FIELD.get_db_prep_value(a, connection) for a in assets)]
+    with hot_cursor(connection) as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    converters = _user_converters(connection)
+    users: dict[Any, User] = {}
+    accounts: dict[tuple[UUID, UUID], UUID] = {}
+    by_key: dict[tuple[str, str], User] = {}
+    width = len(converters)
+    for row in rows:
+        user = users.get(row[0])
+        if user is None:
+            values = {}
+            for (attname, col, field_converters), raw in zip(converters, row[:width], strict=True):
+                for converter in field_converters:
+                    raw = converter(raw, col, connection)
+                values[attname] = raw
+            user = users[row[0]] = loaded(User, connection.alias, values, {"tenant": tenant})
+            email, handle = row[width], row[width + 1]
+            if user.is_active and email in emails:
+                by_key[("email", email)] = user
+            if user.is_active and handle in handles:
+                by_key[("handle", handle)] = user
+        if row[width + 2] is not None:
+            accounts[(user.pk, _as_uuid(row[width + 2]))] = _as_uuid(row[width + 3])
+    recipients = {text: by_key[lookup] for text, lookup in lookups.items() if lookup in by_key}
+    return TransferParties(recipients, accounts)
+
+
+def _as_uuid(value: Any) -> UUID:
+    return value if isinstance(value, UUID) else UUID(str(value))
+
+
 def recipient_find(*, tenant: Tenant, email: str | None = None, handle: str | None = None) -> User:
     """An active user of the tenant by email or handle (case-insensitive)."""
-    # lower(...) = lower(value): the form the unique indexes are built on (iexact's UPPER would scan).
-    # Plain SQL: it runs on every transfer, and the ORM's compilation cost more than the query.
     if email:
-        column, value = "email", email.strip().lower()
+        text = email.strip()
+        if "@" not in text[1:]:
+            raise RecipientNotFound()
     elif handle:
-        column, value = "handle", handle.strip().lstrip("@").lower()
+        text = "@" + handle.strip().lstrip("@")
     else:
         raise RecipientNotFound()
-    connection = connections[router.db_for_read(User) or "default"]
-    with hot_cursor(connection) as cursor:
-        cursor.execute(_RECIPIENT_SQL[column], [_TENANT_FIELD.get_db_prep_value(tenant.pk, connection), value])
-        row = cursor.fetchone()
-    user = None
-    if row is not None:
-        values = {}
-        for (attname, col, converters), raw in zip(_user_converters(connection), row, strict=True):
-            for converter in converters:
-                raw = converter(raw, col, connection)
-            values[attname] = raw
-        user = loaded(User, connection.alias, values, {"tenant": tenant})
-    if user is None:
+    found = recipients_find(tenant=tenant, texts=[text]).get(text)
+    if found is None:
         raise RecipientNotFound()
-    return user
+    return found

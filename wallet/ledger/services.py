@@ -122,6 +122,13 @@ def user_accounts_ensure(*, tenant: Tenant, pairs: Sequence[tuple[Any, Any]]) ->
     return found
 
 
+def user_accounts_remember(*, tenant_id: UUID, ids: dict[tuple[UUID, UUID], UUID]) -> None:
+    """Cache user account ids (by (user id, asset id)) that the caller read committed, for
+    `user_accounts_ensure`: accounts are never deleted and never change owner or asset."""
+    if ids:
+        _remember_accounts(tenant_id, ids)
+
+
 def _remember_accounts(tenant_id: UUID, ids: dict[tuple[UUID, UUID], UUID]) -> None:
     if len(_USER_ACCOUNT_IDS) + len(ids) > _USER_ACCOUNT_IDS_MAX:
         _USER_ACCOUNT_IDS.clear()

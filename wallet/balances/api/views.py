@@ -12,8 +12,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from tenants.auth.sessions import user_for_access_token
-from tenants.models import User
+from tenants.auth.authentication import bearer_user
 from wallet.balances import selectors, services
 from wallet.balances.api.serializers import (
     BalancesOutputSerializer,
@@ -21,8 +20,6 @@ from wallet.balances.api.serializers import (
     PreferenceOutputSerializer,
 )
 from wallet.balances.assets import display_currencies
-from wallet.core.context import user_id_var
-from wallet.core.errors import ApiError
 from wallet.core.jsonutil import dumps
 from wallet.idempotency.api import idempotency_key_parameter, idempotent
 
@@ -57,32 +54,13 @@ class BalancesApi(APIView):
 _balances_drf = BalancesApi.as_view()
 
 
-def _bearer_user(request: HttpRequest) -> User | None:
-    """The user of a well-formed `Authorization: Bearer` header, as `AccessTokenAuthentication` finds it
-    (same helper, same per-process caches as `/me`), or None for anything else (no tenant, no or bad
-    header, invalid token): the DRF view then answers with the usual problem+json error."""
-    tenant = getattr(request, "tenant", None)
-    header = request.META.get("HTTP_AUTHORIZATION", "")
-    scheme, _, token = header.partition(" ")
-    token = token.strip()
-    if tenant is None or scheme.lower() != "bearer" or not token:
-        return None
-    try:
-        user, _ = user_for_access_token(tenant=tenant, token=token)
-    except ApiError:
-        return None
-    user_id_var.set(str(user.pk))
-    request.user = user  # the request log reads it, as after DRF's authentication
-    return user
-
-
 @csrf_exempt
 def balances_view(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
     """`GET /api/v1/balances`. The common request (GET, no parameters, a valid bearer token) is served here
     without DRF's dispatch (the home screen's hot path: see docs/BALANCES.md); anything else, including
     every error, goes through `BalancesApi`, which authenticates again and answers as every API view does."""
     if request.method == "GET" and not request.META.get("QUERY_STRING"):
-        user = _bearer_user(request)
+        user = bearer_user(request)
         if user is not None:
             body = services.balances_read_json(tenant=request.tenant, user=user)  # type: ignore[attr-defined]
             response = HttpResponse(body, content_type="application/json")

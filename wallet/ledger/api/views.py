@@ -2,26 +2,31 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from django.http import HttpResponse
+from django.http import HttpRequest, HttpResponse
+from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from tenants.auth.authentication import bearer_user
 from wallet.core.context import request_id_var
-from wallet.core.errors import to_api_error
+from wallet.core.errors import ApiError, problem_response, to_api_error
 from wallet.core.money import parse_amount
 from wallet.core.pagination import Cursor
 from wallet.idempotency.api import (
+    HEADER_META,
     REPLAYED_HEADER,
     idempotency_key_parameter,
     idempotent,
     is_storable,
     request_key_and_fingerprint,
 )
+from wallet.idempotency.fingerprint import canonical_parsed, parse_idempotency_key, request_fingerprint
 from wallet.idempotency.services import ClaimRequest
 from wallet.ledger import selectors, services
 from wallet.ledger.api.serializers import (
@@ -31,7 +36,7 @@ from wallet.ledger.api.serializers import (
     PostingOutputSerializer,
     TransferOutputSerializer,
 )
-from wallet.ledger.groupcommit import TransferJob, transfer_submit
+from wallet.ledger.groupcommit import Outcome, TransferJob, TransferOrder, transfer_submit
 from wallet.ledger.models import Account, JournalEntry
 
 
@@ -113,38 +118,146 @@ class TransferCreateApi(APIView):
         transfers arriving together share one transaction; each is answered after it commits."""
         tenant = request._request.tenant
         key, fingerprint = request_key_and_fingerprint(request)
-        job = TransferJob(claim=ClaimRequest(user=request.user, key=key, fingerprint=fingerprint,
-                                             method=request.method, path=request.path),
-                          viewer=request.user, request_id=request_id_var.get())
         try:
-            job.transfer = self._prepare(request, tenant)
+            data = self.TransferCreateInputSerializer(data=request.data)
+            data.is_valid(raise_exception=True)
         except Exception as exc:
             error = to_api_error(exc)
             if error is None or not is_storable(error.status):
                 raise
-            job.refusal = error  # the key's answer, stored like any other
-        outcome = transfer_submit(tenant=tenant, job=job)
+            values, refusal = None, error  # the key's answer, stored like any other
+        else:
+            values, refusal = data.validated_data, None
+        outcome = _transfer_run(request._request, tenant, request.user, key, fingerprint, values, refusal)
         if outcome.error is not None:
             raise outcome.error
-        response = HttpResponse(outcome.body, status=outcome.status, content_type=outcome.content_type)
-        if outcome.location:
-            response["Location"] = outcome.location
-        if outcome.replayed:
-            response[REPLAYED_HEADER] = "true"
-        return response
+        return _outcome_response(outcome)
 
-    def _prepare(self, request: Request, tenant: Any) -> services.TransferRequest:
-        data = self.TransferCreateInputSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        values = data.validated_data
-        recipient_text = values["recipient"].strip()
-        if "@" in recipient_text[1:]:
-            recipient = selectors.recipient_find(tenant=tenant, email=recipient_text)
-        else:
-            recipient = selectors.recipient_find(tenant=tenant, handle=recipient_text)
-        policy = selectors.tenant_asset_by_code_cached(tenant=tenant, code=values["asset"])
-        return services.TransferRequest(sender=request.user, recipient=recipient, asset=policy.asset,
-                                        amount=values["amount"], memo=values["memo"], policy=policy)
+
+def _transfer_run(request: HttpRequest, tenant: Any, user: Any, key: str, fingerprint: str,
+                  values: dict[str, Any] | None, refusal: ApiError | None) -> Outcome:
+    """Prepare the job of a validated `POST /api/v1/transfers` (or of its refusal) and run it in the next
+    batch of its tenant."""
+    job = TransferJob(claim=ClaimRequest(user=user, key=key, fingerprint=fingerprint, method=request.method,
+                                         path=request.path),
+                      viewer=user, request_id=request_id_var.get(), refusal=refusal)
+    if values is not None:
+        try:
+            policy: Any = selectors.tenant_asset_by_code_cached(tenant=tenant, code=values["asset"])
+        except Exception as exc:
+            policy = to_api_error(exc)
+            if policy is None or not is_storable(policy.status):
+                raise
+        job.order = TransferOrder(sender=user, recipient=values["recipient"], amount=values["amount"],
+                                  memo=values["memo"], policy=policy)
+    return transfer_submit(tenant=tenant, job=job)
+
+
+def _outcome_response(outcome: Outcome) -> HttpResponse:
+    response = HttpResponse(outcome.body, status=outcome.status, content_type=outcome.content_type)
+    if outcome.location:
+        response["Location"] = outcome.location
+    if outcome.replayed:
+        response[REPLAYED_HEADER] = "true"
+    return response
+
+
+# The fields of `TransferCreateInputSerializer`: (name, required, max_length).
+_TRANSFER_FIELDS = (("recipient", True, 254), ("asset", True, 32), ("amount", True, 0), ("memo", False, 200))
+_TRANSFER_FIELD_NAMES = frozenset(name for name, _, _ in _TRANSFER_FIELDS)
+
+
+def _transfer_values_plain(body: bytes) -> tuple[dict[str, Any], bytes] | None:
+    """The validated values of a transfer body, as `TransferCreateInputSerializer` gives them, and the body's
+    canonical form for the fingerprint; None for any body that is not plainly valid (not UTF-8 JSON, not an
+    object of known string fields, a field the serializer would refuse or convert): the DRF view then
+    decides, with its own errors (a test checks both agree)."""
+    try:
+        value = json.loads(body.decode("utf-8"), parse_float=_float_refused, parse_constant=_float_refused)
+    except (ValueError, RecursionError, _Unplain):
+        return None
+    if not isinstance(value, dict) or not value.keys() <= _TRANSFER_FIELD_NAMES:
+        return None
+    values: dict[str, Any] = {}
+    for name, required, max_length in _TRANSFER_FIELDS:
+        raw = value.get(name)
+        if raw is None:
+            if required or name in value:
+                return None
+            values[name] = ""
+            continue
+        # DRF's CharField: trimmed; refused when blank (unless allowed), too long, or with NUL or surrogates
+        if not isinstance(raw, str) or "\x00" in raw or (not raw.isascii() and _has_surrogates(raw)):
+            return None
+        if name == "amount":
+            try:
+                values[name] = parse_amount(raw, field=name)
+            except ApiError:
+                return None
+            continue
+        text = raw.strip()
+        if (required and not text) or len(text) > max_length:
+            return None
+        values[name] = text
+    return values, canonical_parsed(value)
+
+
+class _Unplain(Exception):
+    pass
+
+
+def _float_refused(text: str) -> Any:
+    raise _Unplain(text)
+
+
+def _has_surrogates(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+_transfers_drf: Any = None  # TransferRouter.as_view(), below
+
+
+@csrf_exempt
+def transfers_view(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    """`/api/v1/transfers`. The common `POST` (a valid bearer token and Idempotency-Key, a plainly valid JSON
+    body) is served here without DRF's dispatch: it is the money path's hot route (docs/BENCHMARKS.md).
+    Everything else, including every error found before the transfer is queued, goes through
+    `TransferRouter`, which starts again from the request and answers as every API view does. Both build
+    the same job for the same group commit: the key's fingerprint, stored answer and replay are the same
+    whichever path a request took."""
+    if request.method == "POST" and request.content_type == "application/json" and \
+            request.content_params.get("charset", "utf-8").lower() in ("utf-8", "utf8"):
+        user = bearer_user(request)
+        if user is not None:
+            try:
+                key = parse_idempotency_key(request.META.get(HEADER_META))
+            except ApiError:
+                key = None
+            plain = _transfer_values_plain(request.body) if key is not None else None
+            if plain is not None:
+                values, canonical = plain
+                fingerprint = request_fingerprint(method="POST", path=request.path, body=request.body,
+                                                  query_string=request.META.get("QUERY_STRING", ""),
+                                                  canonical=canonical)
+                outcome = _transfer_run(request, request.tenant, user, key,  # type: ignore[attr-defined]
+                                        fingerprint, values, None)
+                if outcome.error is not None:
+                    error = to_api_error(outcome.error)  # type: ignore[arg-type]
+                    if error is None:
+                        raise outcome.error
+                    response = problem_response(error, instance=request.path)
+                else:
+                    response = _outcome_response(outcome)
+                response["Allow"] = _TRANSFERS_ALLOW
+                return response
+    return _transfers_drf(request, *args, **kwargs)
+
+
+_TRANSFERS_ALLOW = "GET, POST, HEAD, OPTIONS"  # as DRF's view answers
 
 
 class TransferListApi(APIView):
@@ -244,3 +357,9 @@ class TransferRouter(TransferListApi, TransferCreateApi):
 
 class HoldRouter(HoldListApi, HoldCreateApi):
     pass
+
+
+_transfers_drf = TransferRouter.as_view()
+# What DRF's `as_view()` exposes, so that the OpenAPI schema and route discovery see `TransferRouter`.
+transfers_view.cls = TransferRouter  # type: ignore[attr-defined]
+transfers_view.initkwargs = {}  # type: ignore[attr-defined]
