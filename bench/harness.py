@@ -138,6 +138,17 @@ class Servers:
                     raise BenchError(f"{name} did not answer {ready_url} within {timeout:.0f}s:\n{tail(log)}") from None
             time.sleep(0.1)
 
+    def stop(self, server: Server) -> None:
+        """Stop one server (and its workers)."""
+        _stop_group(server.process, signal.SIGTERM)
+        try:
+            server.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            _stop_group(server.process, signal.SIGKILL)
+            server.process.wait()
+        _stop_group(server.process, signal.SIGKILL)
+        self.running.remove(server)
+
     def close(self) -> None:
         for server in self.running:
             _stop_group(server.process, signal.SIGTERM)

@@ -17,9 +17,12 @@ In one invocation:
     of batches of 1 and of the largest size, alone, record every SQL statement and how long the
     tenant's ledger head stays locked.
 (c) `POST /api/v1/transfers` (X-App-Key, Bearer token of one of 64 senders, a fresh Idempotency-Key
-    per request, JSON body) on gunicorn with 4 sync workers, 2 gthread workers x 8 threads and 4 x 4, with
-    wrk (bench/ledger_transfers.lua), each back to back with the bare Django view on the same server;
-    then, on the better server, a run paced at half its maximum, for the p99.
+    per request, JSON body) on gunicorn with 2 gthread workers x 32 threads and 4 x 16, with wrk
+    (bench/ledger_transfers.lua, 64 connections), each back to back with the bare Django view on the same
+    server; then, on the better server, a run paced at half its maximum, for the p99. 64 connections: the
+    group commit answers a request when its batch commits (~10-20 ms under load), so 16 connections cap a
+    server near 16 / 20 ms whatever its speed (Little's law); a server at ~1,000 req/s has many more
+    clients than that. (Earlier runs used 16 connections with 4 sync workers, 2 x 8 and 4 x 4.)
 
 Each of (b) uniform, (b) hot and (c) has its own tenant of 1,000 users (senders funded with one
 `sandbox_fund` each), so that `manage.py ledger_verify --tenant ...` after each checks that phase only;
@@ -38,7 +41,7 @@ The last line printed is
 Tunables (environment): BENCH_SECONDS (8, measured seconds per run), BENCH_WARMUP_SECONDS (2),
 BENCH_PGBENCH_SECONDS (8), BENCH_PGBENCH_SCALE (10), BENCH_CLIENTS (8: pgbench clients and service
 workers), BENCH_BATCH_SIZES (1,16,64,256), BENCH_USERS (1000), BENCH_ZIPF_S (1.1), BENCH_HTTP_SENDERS (64),
-BENCH_THREADS (2), BENCH_CONNECTIONS (16), BENCH_HTTP_WORKERS (2), BENCH_HTTP_THREADS (8),
+BENCH_THREADS (2), BENCH_CONNECTIONS (64), BENCH_HTTP_WORKERS (2), BENCH_HTTP_THREADS (32),
 BENCH_PYSPY_DIR (unset; if set, py-spy raw profiles of worker 0 during each service run and of the
 gunicorn workers during each HTTP maximum run go there: summarise them with bench/ledger_profile.py).
 """
@@ -90,9 +93,9 @@ USERS = int(os.environ.get("BENCH_USERS", "1000"))
 ZIPF_S = float(os.environ.get("BENCH_ZIPF_S", "1.1"))
 HTTP_SENDERS = int(os.environ.get("BENCH_HTTP_SENDERS", "64"))
 THREADS = int(os.environ.get("BENCH_THREADS", "2"))
-CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "16"))
+CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "64"))
 HTTP_WORKERS = int(os.environ.get("BENCH_HTTP_WORKERS", "2"))
-HTTP_THREADS = int(os.environ.get("BENCH_HTTP_THREADS", "8"))
+HTTP_THREADS = int(os.environ.get("BENCH_HTTP_THREADS", "32"))
 PYSPY_DIR = os.environ.get("BENCH_PYSPY_DIR", "")
 
 FUNDING = 10_000_000  # smallest units per user ($100,000.00)
@@ -552,32 +555,34 @@ def http_phase(servers: Servers, env: dict[str, str], bench_tenant: BenchTenant,
     connections.close_all()
 
     gunicorn = [sys.executable, "-m", "gunicorn", "--log-level", "warning"]
-    # sync workers, the default threaded shape, and the same thread count spread over twice the workers
+    # the threaded shape, and the same thread count spread over twice the workers (sync workers, one request
+    # at a time each, make batches of one: 240 req/s where 2 x 8 threads made 450)
     kinds = {
-        "sync": ["-w", str(HTTP_WORKERS * 2)],
         f"gthread{HTTP_WORKERS}x{HTTP_THREADS}": ["-w", str(HTTP_WORKERS), "-k", "gthread", "--threads",
                                                   str(HTTP_THREADS)],
         f"gthread{HTTP_WORKERS * 2}x{max(HTTP_THREADS // 2, 1)}": ["-w", str(HTTP_WORKERS * 2), "-k", "gthread",
                                                                    "--threads", str(max(HTTP_THREADS // 2, 1))],
     }
-    bases = {}
-    for name, extra in kinds.items():
+    # One server at a time: each thread of a server keeps its own database connection, and two servers of
+    # 64 threads would pass PostgreSQL's max_connections (100).
+    def start(name: str) -> tuple[Any, str]:
         port = free_port()
-        bases[name] = f"http://127.0.0.1:{port}"
-        server = servers.start(f"gunicorn-{name}", [*gunicorn, *extra, "-b", f"127.0.0.1:{port}",
-                                                    "wallet.wsgi:application"], ready_url=f"{bases[name]}/bench/bare/")
-        status, body = http("POST", f"{bases[name]}/api/v1/transfers", json_body={
+        base = f"http://127.0.0.1:{port}"
+        server = servers.start(f"gunicorn-{name}", [*gunicorn, *kinds[name], "-b", f"127.0.0.1:{port}",
+                                                    "wallet.wsgi:application"], ready_url=f"{base}/bench/bare/")
+        status, body = http("POST", f"{base}/api/v1/transfers", json_body={
             "recipient": bench_tenant.users[-1].email, "asset": "USD", "amount": "1", "memo": ""},
             headers={"X-App-Key": bench_tenant.app_key, "Authorization": f"Bearer {tokens[0]}",
                      "Idempotency-Key": f"check-{secrets.token_hex(8)}"})
         if status != 201:
             raise BenchError(f"{server.name}: POST /api/v1/transfers answered {status}: {body[:500]!r}")
         bench_tenant.acknowledged += 1
+        return server, base
 
     results: dict[str, HttpResult] = {}
     bare: dict[str, float] = {}
     for round_number, name in enumerate(kinds):
-        base = bases[name]
+        server, base = start(name)
         warm = wrk_transfers(base, bench_tenant.app_key, data_file, WARMUP_SECONDS)
         bench_tenant.acknowledged += warm.created
         bench_tenant.in_flight_max += CONNECTIONS
@@ -587,8 +592,7 @@ def http_phase(servers: Servers, env: dict[str, str], bench_tenant: BenchTenant,
             if what == "transfers":
                 profiler = None
                 if PYSPY_DIR:
-                    master = next(s for s in servers.running if s.name == f"gunicorn-{name}")
-                    profiler = pyspy_start(master.process.pid, f"http-{name}", SECONDS)
+                    profiler = pyspy_start(server.process.pid, f"http-{name}", SECONDS)
                 with WaitSampler(skip_idle=True) as sampler:
                     result = wrk_transfers(base, bench_tenant.app_key, data_file, SECONDS)
                 if profiler is not None:
@@ -605,18 +609,20 @@ def http_phase(servers: Servers, env: dict[str, str], bench_tenant: BenchTenant,
                 bare[name] = result_bare.requests_per_second
                 say(f"http {name} bare_django GET /bench/bare/: {result_bare.requests_per_second:.0f} req/s, "
                     f"p99 {result_bare.p99_ms:.1f} ms")
+        servers.stop(server)
 
     best = max(results, key=lambda name: results[name].rps)
     target = results[best].rps / 2
     # Few enough connections that none idles past gunicorn's keep-alive (2 s) at low rates, which would
     # close it under wrk (a read error): each connection sends at least every 0.25 s.
     paced_connections = min(CONNECTIONS, max(THREADS, round(target * 0.25)))
-    # Requests of the last run may still be queued in the server: a warm-up at the paced rate drains them.
-    warm = wrk_transfers(bases[best], bench_tenant.app_key, data_file, WARMUP_SECONDS, rate=target,
+    # The best server again, fresh; a warm-up at the paced rate first.
+    _, best_base = start(best)
+    warm = wrk_transfers(best_base, bench_tenant.app_key, data_file, WARMUP_SECONDS, rate=target,
                          connections=paced_connections)
     bench_tenant.acknowledged += warm.created
     bench_tenant.in_flight_max += paced_connections
-    paced = wrk_transfers(bases[best], bench_tenant.app_key, data_file, SECONDS, rate=target,
+    paced = wrk_transfers(best_base, bench_tenant.app_key, data_file, SECONDS, rate=target,
                           connections=paced_connections)
     bench_tenant.acknowledged += paced.created
     bench_tenant.in_flight_max += paced_connections
