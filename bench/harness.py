@@ -150,16 +150,8 @@ class Servers:
         self.running.remove(server)
 
     def close(self) -> None:
-        for server in self.running:
-            _stop_group(server.process, signal.SIGTERM)
-        for server in self.running:
-            try:
-                server.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                _stop_group(server.process, signal.SIGKILL)
-                server.process.wait()
-            _stop_group(server.process, signal.SIGKILL)  # a worker that outlived its master
-        self.running.clear()
+        for server in list(self.running):
+            self.stop(server)
 
 
 def _stop_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:

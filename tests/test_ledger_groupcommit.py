@@ -153,12 +153,12 @@ def test_a_failing_batch_is_retried_one_job_at_a_time(tenant_a: Tenant, payers: 
     real = groupcommit.transfers_execute
     calls: list[int] = []
 
-    def flaky(*, tenant: Tenant, requests: list[Any]) -> list[Any]:
+    def flaky(*, tenant: Tenant, requests: list[Any], **kwargs: Any) -> list[Any]:
         calls.append(len(requests))
         if len(requests) > 1:
             raise RuntimeError("the database went away mid-batch")
         threading.Event().wait(0.05)
-        return real(tenant=tenant, requests=requests)
+        return real(tenant=tenant, requests=requests, **kwargs)
 
     monkeypatch.setattr(groupcommit, "transfers_execute", flaky)
     clients = [signed_in_clients(tenant_a, payer, 1)[0] for payer in payers[:6]]
@@ -177,10 +177,10 @@ def test_an_error_of_a_job_alone_is_a_500_and_nothing_is_stored(tenant_a: Tenant
     real = groupcommit.transfers_execute
     broken = {"on": True}
 
-    def failing(*, tenant: Tenant, requests: list[Any]) -> list[Any]:
+    def failing(*, tenant: Tenant, requests: list[Any], **kwargs: Any) -> list[Any]:
         if broken["on"]:
             raise RuntimeError("boom")
-        return real(tenant=tenant, requests=requests)
+        return real(tenant=tenant, requests=requests, **kwargs)
 
     monkeypatch.setattr(groupcommit, "transfers_execute", failing)
     client = signed_in_clients(tenant_a, payers[0], 1)[0]

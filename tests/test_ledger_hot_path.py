@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
 
 from tenants.models import Tenant, User
 from tests.factories import UserFactory
@@ -11,8 +14,8 @@ from tests.ledger_helpers import enable, fund
 from wallet.core import bulk
 from wallet.core.ids import uuid7
 from wallet.ledger import selectors
-from wallet.ledger.errors import AssetNotEnabled, RecipientNotFound
-from wallet.ledger.models import Transfer
+from wallet.ledger.errors import AssetNotEnabled
+from wallet.ledger.models import Account, Asset, Transfer
 from wallet.ledger.services import transfer_create
 from wallet.ledger.verify import ledger_verify
 
@@ -62,18 +65,45 @@ def test_recipients_are_found_case_insensitively_and_only_in_their_tenant(tenant
     User.objects.filter(pk=bob.pk).update(handle="Bobby")
     carol = UserFactory(tenant=tenant_b, email="carol@example.com")
     User.objects.filter(pk=carol.pk).update(handle="carol")
-    assert selectors.recipient_find(tenant=tenant_a, email="  bob.smith@EXAMPLE.com ") == bob
-    assert selectors.recipient_find(tenant=tenant_a, handle="@bobby") == bob
-    found = selectors.recipient_find(tenant=tenant_a, handle="BOBBY")
-    assert (found.pk, found.email, found.tenant_id, found.is_active) == (bob.pk, bob.email, tenant_a.pk, True)
-    assert "password" not in found.__dict__  # only what a transfer shows is read
-    assert found.date_joined == bob.date_joined  # the rest loads on first access
-    for kwargs in ({"email": "carol@example.com"}, {"handle": "carol"}, {"email": ""}, {}):
-        with pytest.raises(RecipientNotFound):
-            selectors.recipient_find(tenant=tenant_a, **kwargs)
+    texts = ["  bob.smith@EXAMPLE.com ", "@bobby", "BOBBY", "carol@example.com", "carol", "@carol", "", "@",
+             "nobody@example.com"]
+    found = selectors.transfer_parties_find(tenant=tenant_a, texts=texts).recipients
+    assert found.keys() == {"  bob.smith@EXAMPLE.com ", "@bobby", "BOBBY"}
+    bob_read = found["BOBBY"]
+    assert bob_read == bob and all(user is bob_read for user in found.values())  # one object per user
+    assert (bob_read.pk, bob_read.email, bob_read.tenant_id, bob_read.is_active) == (
+        bob.pk, bob.email, tenant_a.pk, True)
+    assert "password" not in bob_read.__dict__  # only what a transfer shows is read
+    assert bob_read.date_joined == bob.date_joined  # the rest loads on first access
     User.objects.filter(pk=bob.pk).update(is_active=False)
-    with pytest.raises(RecipientNotFound):
-        selectors.recipient_find(tenant=tenant_a, email="bob.smith@example.com")
+    assert selectors.transfer_parties_find(tenant=tenant_a, texts=["bob.smith@example.com", "@bobby"]).recipients == {}
+    assert selectors.recipient_lookup(" @Bob ") == ("handle", "bob")
+    assert selectors.recipient_lookup("A@B.c") == ("email", "a@b.c")
+
+
+def test_a_batchs_parties_and_their_accounts_come_from_one_query(tenant_a: Tenant, tenant_b: Tenant) -> None:
+    usd, eur = enable(tenant_a, "USD"), enable(tenant_a, "EUR")
+    alice, bob, dave = (UserFactory(tenant=tenant_a, email=f"{name}@example.com") for name in ("alice", "bob", "dave"))
+    User.objects.filter(pk=bob.pk).update(handle="bob")
+    idle = UserFactory(tenant=tenant_a, email="idle@example.com")  # a sender, made inactive below
+    stranger = UserFactory(tenant=tenant_b, email="stranger@example.com")
+    fund(alice, 100)
+    fund(bob, 100)
+    fund(idle, 100)
+    fund(alice, 100, "EUR")
+    User.objects.filter(pk=idle.pk).update(is_active=False)
+    accounts = {(user.pk, asset.pk): user_account_id(user, asset) for user, asset in
+                [(alice, usd), (bob, usd), (idle, usd), (alice, eur)]}
+    with CaptureQueriesContext(connection) as queries:
+        parties = selectors.transfer_parties_find(
+            tenant=tenant_a, texts=["bob@example.com", "@BOB", "dave@example.com", "idle@example.com",
+                                    "stranger@example.com", "ghost@example.com"],
+            asset_ids=[usd.pk, eur.pk], sender_ids=[alice.pk, idle.pk, stranger.pk])
+    assert len(queries) == 1
+    assert parties.recipients == {"bob@example.com": bob, "@BOB": bob, "dave@example.com": dave}
+    # bob and dave have no EUR account, dave none at all: only existing accounts come back; never the
+    # stranger's (another tenant), whichever list names them
+    assert parties.accounts == accounts
 
 
 def test_the_policy_cache_sees_this_processes_changes_at_once(tenant_a: Tenant) -> None:
@@ -139,3 +169,28 @@ def test_the_hot_cursor_behaves_like_djangos(tenant_a: Tenant) -> None:
         prepared = [row[0] for row in cursor.fetchall()]
     assert "SELECT slug FROM tenants_tenant WHERE id = $1" in prepared
     assert not any(statement.startswith("SELECT $1 + 0") for statement in prepared)
+
+
+def user_account_id(user: User, asset: Asset) -> object:
+    return Account.all_tenants.get(tenant=user.tenant, user=user, asset=asset, kind=Account.Kind.USER).pk
+
+
+def test_account_ids_read_in_a_transaction_are_cached_only_once_it_commits(
+        tenant_a: Tenant, user_a: User, django_capture_on_commit_callbacks: Any) -> None:
+    """`known` ids (the group commit's parties query) may come from rows an outer transaction created: a
+    rollback must not leave them in the per-process cache."""
+    from wallet.ledger import services
+
+    usd = enable(tenant_a, "USD")
+    key = (tenant_a.pk, user_a.pk, usd.pk)
+    services._USER_ACCOUNT_IDS.pop(key, None)
+    known = {(user_a.pk, usd.pk): uuid7()}
+    with pytest.raises(RuntimeError), transaction.atomic():
+        assert services.user_accounts_ensure(tenant=tenant_a, pairs=[(user_a.pk, usd.pk)], known=known) == known
+        raise RuntimeError("rolled back")
+    assert key not in services._USER_ACCOUNT_IDS
+    with django_capture_on_commit_callbacks(execute=True):
+        services.user_accounts_ensure(tenant=tenant_a, pairs=[(user_a.pk, usd.pk)], known=known)
+        assert key not in services._USER_ACCOUNT_IDS
+    assert services._USER_ACCOUNT_IDS[key] == known[(user_a.pk, usd.pk)]
+    services._USER_ACCOUNT_IDS.pop(key, None)

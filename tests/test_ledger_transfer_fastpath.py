@@ -165,6 +165,7 @@ def _without_request_id(response: Any) -> dict[str, Any]:
 
 def test_a_transfer_by_the_fast_path_replays_through_the_drf_view_and_back(
         client: AppClient, alice: User, paths: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    tracked_plain = views._transfer_values_plain
     first = _post(client, GOOD, "k-1")
     assert first.status_code == 201 and paths == ["fast"]
     assert first["Allow"] == "GET, POST, HEAD, OPTIONS" and first["Location"].startswith("/api/v1/transfers/")
@@ -179,10 +180,10 @@ def test_a_transfer_by_the_fast_path_replays_through_the_drf_view_and_back(
     assert changed.status_code == 422 and json.loads(changed.content)["code"] == "idempotency_key_reused"
 
     second = _post(client, {**GOOD, "amount": "5"}, "k-2")  # by DRF first ...
-    assert second.status_code == 201
-    monkeypatch.undo()
-    monkeypatch.setattr(views, "_transfers_drf", views._transfers_drf)
+    assert second.status_code == 201 and paths[-1] == "drf"
+    monkeypatch.setattr(views, "_transfer_values_plain", tracked_plain)
     replay = _post(client, {**GOOD, "amount": "5"}, "k-2")  # ... replayed by the fast path
+    assert paths[-1] == "fast"
     assert replay.status_code == 201 and replay["Idempotent-Replayed"] == "true"
     assert replay.content == second.content
     assert Transfer.all_tenants.count() == 2 and balance(alice)[0] == 1_000 - 125 - 5
@@ -247,3 +248,38 @@ def test_another_tenants_user_is_not_a_recipient(client: AppClient, paths: list[
     UserFactory(tenant=tenant_b, email="carol@example.com")
     response = _post(client, {**GOOD, "recipient": "carol@example.com"}, "k")
     assert paths == ["fast"] and response.status_code == 404
+
+
+def test_errors_after_queueing_are_rendered_by_the_fast_path_as_by_the_drf_view(
+        client: AppClient, paths: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _post(client, GOOD, "fast-key").status_code == 201
+    assert _post(client, GOOD, "drf-key").status_code == 201
+    fast = _post(client, {**GOOD, "amount": "7"}, "fast-key")  # the key of another request
+    assert paths == ["fast", "fast", "fast"]
+    monkeypatch.setattr(views, "_transfer_values_plain", lambda raw: None)
+    drf = _post(client, {**GOOD, "amount": "7"}, "drf-key")
+    assert fast.status_code == drf.status_code == 422
+    assert json.loads(fast.content)["code"] == "idempotency_key_reused"
+    assert _without_request_id(fast) == _without_request_id(drf)
+    assert fast["Content-Type"] == drf["Content-Type"] == "application/problem+json"
+    assert fast["Allow"] == drf["Allow"]
+
+
+def test_a_request_no_batch_takes_in_time_answers_503_with_retry_after_by_the_fast_path(
+        client: AppClient, tenant_a: Tenant, paths: list[str], settings: Any) -> None:
+    from wallet.ledger import groupcommit
+
+    settings.LEDGER_GROUP_COMMIT_WAIT_SECONDS = 0.2
+    committer = groupcommit.committer_for(tenant_a)
+    committer._running = True  # a leader is busy elsewhere and never comes back
+    try:
+        response = _post(client, GOOD, "stuck")
+    finally:
+        committer._running = False
+    assert paths == ["fast"]
+    assert response.status_code == 503 and response["Retry-After"] == "1"
+    assert json.loads(response.content)["code"] == "transfer_queue_timeout"
+    assert response["Content-Type"] == "application/problem+json"
+    assert Transfer.all_tenants.count() == 0
+    again = _post(client, GOOD, "stuck")  # nothing was stored: the retry runs
+    assert again.status_code == 201 and not again.get("Idempotent-Replayed")

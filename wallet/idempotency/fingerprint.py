@@ -127,12 +127,9 @@ def canonical_body(body: bytes) -> bytes:
     if not body:
         return b""
     try:
-        value = json.loads(body, parse_float=Decimal, parse_constant=_reject_constant)
-        out: list[str] = []
-        _canonical(value, out)
+        return canonical_parsed(json.loads(body, parse_float=Decimal, parse_constant=_reject_constant))
     except (ValueError, RecursionError):  # not JSON (or absurdly deep): the raw bytes are the identity
         return b"raw:" + body
-    return b"json:" + "".join(out).encode("ascii")
 
 
 def canonical_parsed(value: Any) -> bytes:

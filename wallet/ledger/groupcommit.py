@@ -2,13 +2,14 @@
 time share one database transaction, and none is answered before that transaction commits.
 
 One `GroupCommitter` per tenant and process. A request thread prepares its job (Idempotency-Key,
-fingerprint, the validated transfer or the refusal found while validating) and submits it. If no batch
-of its tenant is running, the thread leads: it takes every job queued so far (up to `BATCH_MAX`), and in
-one transaction claims all their keys (one statement), executes all their transfers (`transfers_execute`:
-one lock of the accounts, one write of each table), stores every response under its key (one statement)
-and commits; then it hands the outcome to each waiting thread and, if more jobs queued up meanwhile,
-hands the lead to the oldest of them. While a batch runs, the next one gathers: the busier the server,
-the larger the batches (TigerBeetle's batching, on PostgreSQL).
+fingerprint, and the validated order, with the recipient still a text, or the refusal found while
+validating) and submits it. If no batch of its tenant is running, the thread leads: it takes every job
+queued so far (up to `BATCH_MAX`), and in one transaction claims all their keys (one statement), finds
+all their recipients and the parties' accounts (one query: `selectors.transfer_parties_find`), executes
+all their transfers (`transfers_execute`: one lock of the accounts, one write of each table), stores
+every response under its key (one statement) and commits; then it hands the outcome to each waiting
+thread and, if more jobs queued up meanwhile, hands the lead to the oldest of them. While a batch runs,
+the next one gathers: the busier the server, the larger the batches (TigerBeetle's batching, on PostgreSQL).
 
 Guarantees are those of `@idempotent` (wallet/idempotency/api.py), per job:
 - the record of a key and the effect commit together or not at all;
@@ -33,6 +34,7 @@ import threading
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
+from uuid import UUID
 
 from django.conf import settings
 from django.db import transaction
@@ -54,7 +56,7 @@ from wallet.idempotency.services import (
 from wallet.ledger.errors import RecipientNotFound
 from wallet.ledger.models import TenantAsset, Transfer
 from wallet.ledger.selectors import transfer_parties_find
-from wallet.ledger.services import TransferRequest, transfers_execute, user_accounts_remember
+from wallet.ledger.services import TransferRequest, transfers_execute
 
 logger = logging.getLogger("wallet.ledger.groupcommit")
 
@@ -174,9 +176,10 @@ def execute_batch(tenant: Tenant, jobs: list[TransferJob]) -> list[Outcome]:
                 outcomes[index] = _replay(claim.stored)
             else:
                 fresh.append((index, claim))
-        _resolve_orders(tenant, [jobs[index] for index, _ in fresh])
+        accounts = _resolve_orders(tenant, [jobs[index] for index, _ in fresh])
         to_execute = [(index, claim) for index, claim in fresh if jobs[index].refusal is None]
-        results = transfers_execute(tenant=tenant, requests=[jobs[index].transfer for index, _ in to_execute])
+        results = transfers_execute(tenant=tenant, requests=[jobs[index].transfer for index, _ in to_execute],
+                                    known_accounts=accounts)
         result_of = {index: result for (index, _), result in zip(to_execute, results, strict=True)}
         completions = []
         for index, claim in fresh:
@@ -196,22 +199,18 @@ def execute_batch(tenant: Tenant, jobs: list[TransferJob]) -> list[Outcome]:
     return outcomes  # type: ignore[return-value]
 
 
-def _resolve_orders(tenant: Tenant, jobs: list[TransferJob]) -> None:
-    """Turn the jobs' orders into transfer requests, or refusals: one query for all their recipients."""
-    orders = [job for job in jobs if job.order is not None and job.refusal is None]
+def _resolve_orders(tenant: Tenant, jobs: list[TransferJob]) -> dict[tuple[UUID, UUID], UUID]:
+    """Turn the jobs' orders into transfer requests, or refusals: one query for all their recipients and
+    the parties' existing accounts, whose ids it returns (for `transfers_execute`)."""
+    orders = [(job, job.order) for job in jobs if job.order is not None and job.refusal is None]
     if not orders:
-        return
-    asset_ids = {job.order.policy.asset_id for job in orders  # type: ignore[union-attr]
-                 if not isinstance(job.order.policy, ApiError)}  # type: ignore[union-attr]
-    parties = transfer_parties_find(tenant=tenant, texts={job.order.recipient for job in orders},  # type: ignore[union-attr]
-                                    asset_ids=sorted(asset_ids), sender_ids=sorted({job.viewer.pk for job in orders}))
-    # Existing accounts, seen committed: the ledger below finds them without looking them up again.
-    user_accounts_remember(tenant_id=tenant.pk, ids=parties.accounts)
-    recipients = parties.recipients
-    for job in orders:
-        order = job.order
-        assert order is not None
-        recipient = recipients.get(order.recipient)
+        return {}
+    parties = transfer_parties_find(
+        tenant=tenant, texts={order.recipient for _, order in orders},
+        asset_ids=[order.policy.asset_id for _, order in orders if not isinstance(order.policy, ApiError)],
+        sender_ids=[order.sender.pk for _, order in orders])
+    for job, order in orders:
+        recipient = parties.recipients.get(order.recipient)
         if recipient is None:
             job.refusal = RecipientNotFound()
         elif isinstance(order.policy, ApiError):
@@ -219,6 +218,7 @@ def _resolve_orders(tenant: Tenant, jobs: list[TransferJob]) -> None:
         else:
             job.transfer = TransferRequest(sender=order.sender, recipient=recipient, asset=order.policy.asset,
                                            amount=order.amount, memo=order.memo, policy=order.policy)
+    return parties.accounts
 
 
 class GroupCommitter:

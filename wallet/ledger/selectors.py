@@ -16,7 +16,7 @@ from django.db.models import Q, QuerySet
 from tenants.models import Tenant, User
 from tenants.scoping import access_by_id
 from wallet.core.bulk import hot_cursor, loaded
-from wallet.ledger.errors import AssetNotEnabled, RecipientNotFound, UnknownAsset
+from wallet.ledger.errors import AssetNotEnabled, UnknownAsset
 from wallet.ledger.models import Account, Asset, Hold, Posting, TenantAsset, Transfer
 
 
@@ -116,6 +116,7 @@ def access_hold(*, tenant: Tenant, user: User, hold_id: Any) -> Hold:
 _USER_FIELDS = tuple(User._meta.get_field(name) for name in
                      ("id", "tenant", "email", "handle", "display_name", "is_active"))
 _TENANT_FIELD = User._meta.get_field("tenant")
+_ACTIVE_COLUMN = [field.name for field in _USER_FIELDS].index("is_active")
 # lower(...) = ...: the form the unique indexes are built on (iexact's UPPER would scan). Plain SQL: it runs
 # on every transfer batch, and the ORM's compilation cost more than the query.
 _USER_TABLE, _ACCOUNT_TABLE = User._meta.db_table, Account._meta.db_table
@@ -167,23 +168,19 @@ def recipient_lookup(text: str) -> tuple[str, str]:
     return "handle", text.lstrip("@").lower()
 
 
-def recipients_find(*, tenant: Tenant, texts: Iterable[str]) -> dict[str, User]:
-    """The active users of the tenant that the given recipient texts name (email or handle, see
-    `recipient_lookup`), by text; a text that names nobody is left out. One query for all of them."""
-    return transfer_parties_find(tenant=tenant, texts=texts).recipients
-
-
 @dataclass(frozen=True)
 class TransferParties:
-    recipients: dict[str, User]  # by recipient text (see `recipients_find`)
+    recipients: dict[str, User]  # by recipient text (see `recipient_lookup`); unknown texts are left out
     accounts: dict[tuple[UUID, UUID], UUID]  # (user id, asset id) -> existing user account id
 
 
 def transfer_parties_find(*, tenant: Tenant, texts: Iterable[str], asset_ids: Sequence[UUID] = (),
                           sender_ids: Sequence[UUID] = ()) -> TransferParties:
-    """For a batch of transfers, in one query: the recipients its texts name (as `recipients_find`), and the
-    existing accounts in `asset_ids` of those recipients and of `sender_ids` (the group commit resolves a
-    whole batch's parties at once; the ledger then locks those accounts without looking them up again)."""
+    """For a batch of transfers, in one query: the active users of the tenant that its recipient texts name
+    (email or handle, see `recipient_lookup`), and the existing user accounts in `asset_ids` of those
+    recipients and of `sender_ids` (the group commit resolves a whole batch's parties at once; the ledger
+    then locks those accounts without looking them up again). Users read here carry only what a transfer
+    shows of its counterparty; any other field loads on first access, as for `.only()`."""
     lookups = {text: recipient_lookup(text) for text in texts}
     emails = sorted({value for column, value in lookups.values() if column == "email" and value})
     handles = sorted({value for column, value in lookups.values() if column == "handle" and value})
@@ -207,45 +204,34 @@ def transfer_parties_find(*, tenant: Tenant, texts: Iterable[str], asset_ids: Se
         cursor.execute(sql, params)
         rows = cursor.fetchall()
     converters = _user_converters(connection)
-    users: dict[Any, User] = {}
-    accounts: dict[tuple[UUID, UUID], UUID] = {}
-    by_key: dict[tuple[str, str], User] = {}
     width = len(converters)
+    wanted = set(lookups.values())
+    by_key: dict[tuple[str, str], User] = {}
+    accounts: dict[tuple[UUID, UUID], UUID] = {}
+    built: set[Any] = set()
     for row in rows:
-        user = users.get(row[0])
-        if user is None:
-            values = {}
-            for (attname, col, field_converters), raw in zip(converters, row[:width], strict=True):
-                for converter in field_converters:
-                    raw = converter(raw, col, connection)
-                values[attname] = raw
-            user = users[row[0]] = loaded(User, connection.alias, values, {"tenant": tenant})
-            email, handle = row[width], row[width + 1]
-            if user.is_active and email in emails:
-                by_key[("email", email)] = user
-            if user.is_active and handle in handles:
-                by_key[("handle", handle)] = user
+        user_id = _as_uuid(row[0])
         if row[width + 2] is not None:
-            accounts[(user.pk, _as_uuid(row[width + 2]))] = _as_uuid(row[width + 3])
+            accounts[(user_id, _as_uuid(row[width + 2]))] = _as_uuid(row[width + 3])
+        if user_id in built:
+            continue
+        built.add(user_id)
+        keys = [key for key in (("email", row[width]), ("handle", row[width + 1])) if key in wanted]
+        if not row[_ACTIVE_COLUMN]:
+            keys = []
+        if not keys:  # a sender only (or inactive): no user object needed
+            continue
+        values = {}
+        for (attname, col, field_converters), raw in zip(converters, row[:width], strict=True):
+            for converter in field_converters:
+                raw = converter(raw, col, connection)
+            values[attname] = raw
+        user = loaded(User, connection.alias, values, {"tenant": tenant})
+        for key in keys:
+            by_key[key] = user
     recipients = {text: by_key[lookup] for text, lookup in lookups.items() if lookup in by_key}
     return TransferParties(recipients, accounts)
 
 
 def _as_uuid(value: Any) -> UUID:
     return value if isinstance(value, UUID) else UUID(str(value))
-
-
-def recipient_find(*, tenant: Tenant, email: str | None = None, handle: str | None = None) -> User:
-    """An active user of the tenant by email or handle (case-insensitive)."""
-    if email:
-        text = email.strip()
-        if "@" not in text[1:]:
-            raise RecipientNotFound()
-    elif handle:
-        text = "@" + handle.strip().lstrip("@")
-    else:
-        raise RecipientNotFound()
-    found = recipients_find(tenant=tenant, texts=[text]).get(text)
-    if found is None:
-        raise RecipientNotFound()
-    return found

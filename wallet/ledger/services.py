@@ -79,8 +79,10 @@ _USER_ACCOUNT_IDS: dict[tuple[UUID, UUID, UUID], UUID] = {}
 _USER_ACCOUNT_IDS_MAX = 200_000
 
 
-def user_accounts_ensure(*, tenant: Tenant, pairs: Sequence[tuple[Any, Any]]) -> dict[tuple[UUID, UUID], UUID]:
-    """Make sure each (user id, asset id) has its account; returns their ids. Created when first needed."""
+def user_accounts_ensure(*, tenant: Tenant, pairs: Sequence[tuple[Any, Any]],
+                         known: dict[tuple[UUID, UUID], UUID] | None = None) -> dict[tuple[UUID, UUID], UUID]:
+    """Make sure each (user id, asset id) has its account; returns their ids. Created when first needed.
+    `known`: account ids the caller read in its transaction (used as found; cached once it commits)."""
     wanted = {(u if isinstance(u, UUID) else UUID(str(u)), a if isinstance(a, UUID) else UUID(str(a)))
               for u, a in pairs}
     if not wanted:
@@ -88,12 +90,18 @@ def user_accounts_ensure(*, tenant: Tenant, pairs: Sequence[tuple[Any, Any]]) ->
     tenant_id = tenant.pk
     found: dict[tuple[UUID, UUID], UUID] = {}
     unknown = set()
+    read: dict[tuple[UUID, UUID], UUID] = {}  # read in this transaction: cached once it commits
     for pair in wanted:
         account_id = _USER_ACCOUNT_IDS.get((tenant_id, *pair))
+        if account_id is None and known:
+            account_id = read[pair] = known.get(pair)  # type: ignore[assignment]
         if account_id is None:
+            read.pop(pair, None)
             unknown.add(pair)
         else:
             found[pair] = account_id
+    if read:
+        transaction.on_commit(lambda: _remember_accounts(tenant_id, read))
     if not unknown:
         return found
 
@@ -113,20 +121,11 @@ def user_accounts_ensure(*, tenant: Tenant, pairs: Sequence[tuple[Any, Any]]) ->
             ignore_conflicts=True,
         )
         fetched = existing()
-        # Rows created by this transaction are cached only once it commits (a rollback removes them).
-        transaction.on_commit(lambda: _remember_accounts(tenant_id, fetched))
-        found.update(fetched)
-        return found
-    _remember_accounts(tenant_id, fetched)
+    # Cached only once the transaction commits: rows this transaction (or an outer one) created vanish if
+    # it rolls back.
+    transaction.on_commit(lambda: _remember_accounts(tenant_id, fetched))
     found.update(fetched)
     return found
-
-
-def user_accounts_remember(*, tenant_id: UUID, ids: dict[tuple[UUID, UUID], UUID]) -> None:
-    """Cache user account ids (by (user id, asset id)) that the caller read committed, for
-    `user_accounts_ensure`: accounts are never deleted and never change owner or asset."""
-    if ids:
-        _remember_accounts(tenant_id, ids)
 
 
 def _remember_accounts(tenant_id: UUID, ids: dict[tuple[UUID, UUID], UUID]) -> None:
@@ -164,11 +163,14 @@ class TransferRequest:
     policy: TenantAsset | None = None  # the tenant's policy for the asset, when the caller already has it
 
 
-def transfers_execute(*, tenant: Tenant, requests: Sequence[TransferRequest]) -> list[Transfer | ApiError]:
+def transfers_execute(*, tenant: Tenant, requests: Sequence[TransferRequest],
+                      known_accounts: dict[tuple[UUID, UUID], UUID] | None = None) -> list[Transfer | ApiError]:
     """Execute many P2P transfers in one transaction (one lock of the tenant's ledger, a few statements).
 
     Each request succeeds or is refused on its own (insufficient funds, limits); the result list matches
     the request list. Nothing is visible to anyone before the caller's transaction commits.
+    `known_accounts`: user account ids by (user id, asset id) that the caller read in its transaction
+    (`selectors.transfer_parties_find`); they are not looked up again, and cached once it commits.
     """
     from wallet.events.services import EventSpec, user_stream
 
@@ -194,7 +196,7 @@ def transfers_execute(*, tenant: Tenant, requests: Sequence[TransferRequest]) ->
             pairs = []
             for request in requests:
                 pairs += [(request.sender.pk, request.asset.pk), (request.recipient.pk, request.asset.pk)]
-            account_ids = user_accounts_ensure(tenant=tenant, pairs=pairs)
+            account_ids = user_accounts_ensure(tenant=tenant, pairs=pairs, known=known_accounts)
 
             # Everything that does not depend on balances is built before the accounts are locked, so that the
             # locks are held for the checks and the writes only: drafts, transfer rows, their events.

@@ -3,30 +3,39 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
+from django.core.exceptions import ImproperlyConfigured
+from django.core.validators import MaxLengthValidator, ProhibitNullCharactersValidator
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.validators import ProhibitSurrogateCharactersValidator
 from rest_framework.views import APIView
 
 from tenants.auth.authentication import bearer_user
+from tenants.models import Tenant, User
 from wallet.core.context import request_id_var
 from wallet.core.errors import ApiError, problem_response, to_api_error
 from wallet.core.money import parse_amount
 from wallet.core.pagination import Cursor
 from wallet.idempotency.api import (
-    HEADER_META,
     REPLAYED_HEADER,
     idempotency_key_parameter,
     idempotent,
     is_storable,
     request_key_and_fingerprint,
 )
-from wallet.idempotency.fingerprint import canonical_parsed, parse_idempotency_key, request_fingerprint
+from wallet.idempotency.fingerprint import (
+    HEADER_META,
+    canonical_parsed,
+    parse_idempotency_key,
+    request_fingerprint,
+)
 from wallet.idempotency.services import ClaimRequest
 from wallet.ledger import selectors, services
 from wallet.ledger.api.serializers import (
@@ -37,7 +46,7 @@ from wallet.ledger.api.serializers import (
     TransferOutputSerializer,
 )
 from wallet.ledger.groupcommit import Outcome, TransferJob, TransferOrder, transfer_submit
-from wallet.ledger.models import Account, JournalEntry
+from wallet.ledger.models import Account, JournalEntry, TenantAsset
 
 
 class OldestFirst(Cursor):
@@ -134,7 +143,7 @@ class TransferCreateApi(APIView):
         return _outcome_response(outcome)
 
 
-def _transfer_run(request: HttpRequest, tenant: Any, user: Any, key: str, fingerprint: str,
+def _transfer_run(request: HttpRequest, tenant: Tenant, user: User, key: str, fingerprint: str,
                   values: dict[str, Any] | None, refusal: ApiError | None) -> Outcome:
     """Prepare the job of a validated `POST /api/v1/transfers` (or of its refusal) and run it in the next
     batch of its tenant."""
@@ -143,11 +152,13 @@ def _transfer_run(request: HttpRequest, tenant: Any, user: Any, key: str, finger
                       viewer=user, request_id=request_id_var.get(), refusal=refusal)
     if values is not None:
         try:
-            policy: Any = selectors.tenant_asset_by_code_cached(tenant=tenant, code=values["asset"])
+            policy: TenantAsset | ApiError = selectors.tenant_asset_by_code_cached(tenant=tenant,
+                                                                                  code=values["asset"])
         except Exception as exc:
-            policy = to_api_error(exc)
-            if policy is None or not is_storable(policy.status):
+            error = to_api_error(exc)
+            if error is None or not is_storable(error.status):
                 raise
+            policy = error
         job.order = TransferOrder(sender=user, recipient=values["recipient"], amount=values["amount"],
                                   memo=values["memo"], policy=policy)
     return transfer_submit(tenant=tenant, job=job)
@@ -162,9 +173,37 @@ def _outcome_response(outcome: Outcome) -> HttpResponse:
     return response
 
 
-# The fields of `TransferCreateInputSerializer`: (name, required, max_length).
-_TRANSFER_FIELDS = (("recipient", True, 254), ("asset", True, 32), ("amount", True, 0), ("memo", False, 200))
-_TRANSFER_FIELD_NAMES = frozenset(name for name, _, _ in _TRANSFER_FIELDS)
+@dataclass(frozen=True)
+class _PlainField:
+    name: str
+    required: bool
+    allow_blank: bool
+    max_length: int
+    amount: bool
+
+
+def _plain_fields(serializer: type[serializers.Serializer]) -> tuple[_PlainField, ...]:
+    """The input serializer's fields as the fast path reads them. Only fields whose every rule it knows are
+    allowed (a plain trimmed `CharField` with a maximum length, or `AmountField`): anything else added to
+    the serializer must be taught to the fast path first, or the app does not start."""
+    known_validators = (MaxLengthValidator, ProhibitNullCharactersValidator, ProhibitSurrogateCharactersValidator)
+    found = []
+    for name, field in serializer().fields.items():
+        if type(field) is AmountField and not field.validators:
+            found.append(_PlainField(name, field.required, False, 0, True))
+            continue
+        plain_text = (type(field) is serializers.CharField and field.trim_whitespace and not field.allow_null
+                      and field.min_length is None and field.max_length is not None
+                      and all(isinstance(v, known_validators) for v in field.validators)
+                      and (field.required or field.default == ""))
+        if not plain_text:
+            raise ImproperlyConfigured(f"the transfer fast path does not know the rules of field {name!r}")
+        found.append(_PlainField(name, field.required, field.allow_blank, field.max_length, False))
+    return tuple(found)
+
+
+_TRANSFER_FIELDS = _plain_fields(TransferCreateApi.TransferCreateInputSerializer)
+_TRANSFER_FIELD_NAMES = frozenset(field.name for field in _TRANSFER_FIELDS)
 
 
 def _transfer_values_plain(body: bytes) -> tuple[dict[str, Any], bytes] | None:
@@ -179,26 +218,26 @@ def _transfer_values_plain(body: bytes) -> tuple[dict[str, Any], bytes] | None:
     if not isinstance(value, dict) or not value.keys() <= _TRANSFER_FIELD_NAMES:
         return None
     values: dict[str, Any] = {}
-    for name, required, max_length in _TRANSFER_FIELDS:
-        raw = value.get(name)
+    for field in _TRANSFER_FIELDS:
+        raw = value.get(field.name)
         if raw is None:
-            if required or name in value:
+            if field.required or field.name in value:
                 return None
-            values[name] = ""
+            values[field.name] = ""
             continue
         # DRF's CharField: trimmed; refused when blank (unless allowed), too long, or with NUL or surrogates
         if not isinstance(raw, str) or "\x00" in raw or (not raw.isascii() and _has_surrogates(raw)):
             return None
-        if name == "amount":
+        if field.amount:
             try:
-                values[name] = parse_amount(raw, field=name)
+                values[field.name] = parse_amount(raw, field=field.name)
             except ApiError:
                 return None
             continue
         text = raw.strip()
-        if (required and not text) or len(text) > max_length:
+        if (not text and not field.allow_blank) or len(text) > field.max_length:
             return None
-        values[name] = text
+        values[field.name] = text
     return values, canonical_parsed(value)
 
 
@@ -233,12 +272,13 @@ def transfers_view(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpRespo
             request.content_params.get("charset", "utf-8").lower() in ("utf-8", "utf8"):
         user = bearer_user(request)
         if user is not None:
+            key: str | None
             try:
                 key = parse_idempotency_key(request.META.get(HEADER_META))
             except ApiError:
                 key = None
             plain = _transfer_values_plain(request.body) if key is not None else None
-            if plain is not None:
+            if plain is not None and key is not None:
                 values, canonical = plain
                 fingerprint = request_fingerprint(method="POST", path=request.path, body=request.body,
                                                   query_string=request.META.get("QUERY_STRING", ""),
