@@ -20,9 +20,11 @@ from wallet.ledger.services import transfer_create
 from wallet.ledger.verify import ledger_verify
 
 
-@pytest.mark.parametrize("count", [1, bulk.VALUES_MAX_ROWS, bulk.VALUES_MAX_ROWS + 1, 300])
+@pytest.mark.parametrize("count", [1, bulk.VALUES_MAX_ROWS, bulk.VALUES_MAX_ROWS + 1, bulk.DEFERRED_VALUES_MAX_ROWS,
+                                   bulk.DEFERRED_VALUES_MAX_ROWS + 1, 300])
 def test_transfers_are_written_the_same_by_insert_and_by_copy(tenant_a: Tenant, user_a: User, count: int) -> None:
-    """Up to VALUES_MAX_ROWS rows go in one INSERT, more with COPY (PostgreSQL); SQLite uses bulk_create.
+    """Up to VALUES_MAX_ROWS rows go in one INSERT (DEFERRED_VALUES_MAX_ROWS when deferred to the batch's
+    last statement), more with COPY (PostgreSQL); SQLite uses bulk_create.
     Either way every transfer lands once, balanced, and reads back equal to what was returned."""
     usd = enable(tenant_a, "USD")
     fund(user_a, 1_000_000)
