@@ -342,6 +342,33 @@ def test_claim_many_answers_each_key_on_its_own(tenant_a: Tenant, user_a: User) 
             _many(tenant_a, (user_a, "twice", "f"), (user_a, "twice", "f"))
 
 
+def test_a_deferred_completion_stores_every_answer_or_fails_its_statement(tenant_a: Tenant, user_a: User) -> None:
+    """The group commit defers its completions into the ledger's last statement: there the UPDATE checks
+    itself, as the immediate form checks the row count."""
+    from django.db import DatabaseError, connection
+
+    from wallet.core.bulk import execute_together
+    from wallet.idempotency.services import Completion, idempotency_complete_many, idempotency_stored_response
+
+    if connection.vendor != "postgresql":
+        pytest.skip("deferred statements are PostgreSQL's (elsewhere the completion runs at once)")
+    with transaction.atomic():
+        first, second = _many(tenant_a, (user_a, "d1", "f1"), (user_a, "d2", "f2"))
+        deferred: list[Any] = []
+        idempotency_complete_many([Completion(claim=first, status=201, body=b'{"n":1}'),
+                                   Completion(claim=second, status=409, body=b'{"n":2}')], defer=deferred)
+        assert len(deferred) == 1
+        execute_together(connection, deferred)
+    stored = idempotency_stored_response(tenant=tenant_a, user=user_a, key="d2", fingerprint="f2")
+    assert stored is not None and (stored.status, stored.body) == (409, b'{"n":2}')
+    with pytest.raises(DatabaseError, match="already completed: 1"), transaction.atomic():
+        (third,) = _many(tenant_a, (user_a, "d3", "f3"))
+        deferred = []
+        idempotency_complete_many([Completion(claim=third, status=201, body=b"{}"),
+                                   Completion(claim=first, status=201, body=b"{}")], defer=deferred)
+        execute_together(connection, deferred)
+
+
 @pytest.mark.django_db(transaction=True)
 def test_claim_many_answers_409_for_a_key_another_transaction_holds(tenant_a: Tenant, user_a: User) -> None:
     """PostgreSQL: the advisory lock is tried, never waited for: 409 at once; SQLite serialises writers."""

@@ -39,7 +39,7 @@ from django.db.transaction import TransactionManagementError
 from django.utils import timezone
 
 from tenants.models import Tenant, User
-from wallet.core.bulk import hot_cursor
+from wallet.core.bulk import Statement, hot_cursor
 from wallet.core.errors import ApiError
 from wallet.idempotency import conf
 from wallet.idempotency.errors import IdempotencyKeyInFlight, IdempotencyKeyReused
@@ -410,8 +410,12 @@ class Completion:
     location: str = ""
 
 
-def idempotency_complete_many(completions: Sequence[Completion]) -> None:
-    """`idempotency_complete` for many claims of the caller's transaction: one UPDATE on PostgreSQL."""
+def idempotency_complete_many(completions: Sequence[Completion], defer: list[Statement] | None = None) -> None:
+    """`idempotency_complete` for many claims of the caller's transaction: one UPDATE on PostgreSQL.
+
+    With `defer` (PostgreSQL), the UPDATE is appended there for the caller to run with its other writes
+    (`bulk.execute_together`); it then checks itself that it completes every claim, and fails the
+    statement if not (as the immediate form raises `TransactionManagementError`)."""
     if not completions:
         return
     using = completions[0].claim.using
@@ -435,10 +439,22 @@ def idempotency_complete_many(completions: Sequence[Completion]) -> None:
         "AS v(id, status, body, content_type, location) "
         f"WHERE r.{column['id']} = v.id AND r.{column['response_status']} IS NULL"
     )
+    ids = [c.claim.record_id for c in completions]
+    params = [ids, [c.status for c in completions], [bytes(c.body) for c in completions],
+              [c.content_type or "" for c in completions], [c.location or "" for c in completions]]
+    if defer is not None and connection.vendor == "postgresql":
+        # Evaluated once (an uncorrelated subquery); the failing cast depends on the count, so the planner
+        # cannot fold it: it raises only when a claimed record is gone or completed already.
+        guard = (
+            f" AND (SELECT CASE WHEN count(*) = %s::bigint THEN true ELSE CAST("  # noqa: S608
+            "'claimed idempotency records gone or already completed: ' || (%s::bigint - count(*)) AS boolean) "
+            f"END FROM {_quote(meta.db_table)} AS g WHERE g.{column['id']} = ANY(%s::bigint[]) "
+            f"AND g.{column['response_status']} IS NULL)"
+        )
+        defer.append((sql + guard, [*params, len(ids), len(ids), ids]))
+        return
     with hot_cursor(connection) as cursor:
-        cursor.execute(sql, [[c.claim.record_id for c in completions], [c.status for c in completions],
-                             [bytes(c.body) for c in completions], [c.content_type or "" for c in completions],
-                             [c.location or "" for c in completions]])
+        cursor.execute(sql, params)
         updated = cursor.rowcount
     if updated != len(completions):
         raise TransactionManagementError(

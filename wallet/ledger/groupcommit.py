@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -41,6 +42,7 @@ from django.db import transaction
 from rest_framework import serializers
 
 from tenants.models import Tenant, User
+from wallet.core.bulk import Statement
 from wallet.core.context import request_id_var
 from wallet.core.errors import PROBLEM_CONTENT_TYPE, ApiError, ServiceUnavailable, problem_body
 from wallet.core.jsonutil import dumps
@@ -178,24 +180,32 @@ def execute_batch(tenant: Tenant, jobs: list[TransferJob]) -> list[Outcome]:
                 fresh.append((index, claim))
         accounts = _resolve_orders(tenant, [jobs[index] for index, _ in fresh])
         to_execute = [(index, claim) for index, claim in fresh if jobs[index].refusal is None]
-        results = transfers_execute(tenant=tenant, requests=[jobs[index].transfer for index, _ in to_execute],
-                                    known_accounts=accounts)
-        result_of = {index: result for (index, _), result in zip(to_execute, results, strict=True)}
-        completions = []
-        for index, claim in fresh:
-            job = jobs[index]
-            result = job.refusal or result_of[index]
-            if isinstance(result, ApiError):
-                if not is_storable(result.status):
-                    raise RuntimeError(f"unstorable refusal {result.status} in a transfer batch")
-                outcome = _problem(job, result)
-            else:
-                outcome = Outcome(status=201, body=dumps(transfer_body(result, job.viewer)),
-                                  content_type=JSON_CONTENT_TYPE, location=f"/api/v1/transfers/{result.pk}")
-            outcomes[index] = outcome
-            completions.append(Completion(claim=claim, status=outcome.status, body=outcome.body,
-                                          content_type=outcome.content_type, location=outcome.location))
-        idempotency_complete_many(completions)
+
+        def respond(results: Sequence[Transfer | ApiError], defer: list[Statement] | None) -> None:
+            """Each fresh job's answer, stored under its key: before the ledger's last statement, which the
+            completion joins (no round trip of its own while the ledger head is locked)."""
+            result_of = {index: result for (index, _), result in zip(to_execute, results, strict=True)}
+            completions = []
+            for index, claim in fresh:
+                job = jobs[index]
+                result = job.refusal or result_of[index]
+                if isinstance(result, ApiError):
+                    if not is_storable(result.status):
+                        raise RuntimeError(f"unstorable refusal {result.status} in a transfer batch")
+                    outcome = _problem(job, result)
+                else:
+                    outcome = Outcome(status=201, body=dumps(transfer_body(result, job.viewer)),
+                                      content_type=JSON_CONTENT_TYPE, location=f"/api/v1/transfers/{result.pk}")
+                outcomes[index] = outcome
+                completions.append(Completion(claim=claim, status=outcome.status, body=outcome.body,
+                                              content_type=outcome.content_type, location=outcome.location))
+            idempotency_complete_many(completions, defer=defer)
+
+        if to_execute:
+            transfers_execute(tenant=tenant, requests=[jobs[index].transfer for index, _ in to_execute],
+                              known_accounts=accounts, before_flush=respond)
+        else:
+            respond([], None)
     return outcomes  # type: ignore[return-value]
 
 

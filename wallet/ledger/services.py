@@ -6,7 +6,7 @@ the tenant's ledger head, then accounts by primary key, then daily-usage rows, t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -163,14 +163,20 @@ class TransferRequest:
     policy: TenantAsset | None = None  # the tenant's policy for the asset, when the caller already has it
 
 
-def transfers_execute(*, tenant: Tenant, requests: Sequence[TransferRequest],
-                      known_accounts: dict[tuple[UUID, UUID], UUID] | None = None) -> list[Transfer | ApiError]:
+def transfers_execute(
+    *, tenant: Tenant, requests: Sequence[TransferRequest],
+    known_accounts: dict[tuple[UUID, UUID], UUID] | None = None,
+    before_flush: Callable[[list[Transfer | ApiError], list[Statement] | None], None] | None = None,
+) -> list[Transfer | ApiError]:
     """Execute many P2P transfers in one transaction (one lock of the tenant's ledger, a few statements).
 
     Each request succeeds or is refused on its own (insufficient funds, limits); the result list matches
     the request list. Nothing is visible to anyone before the caller's transaction commits.
     `known_accounts`: user account ids by (user id, asset id) that the caller read in its transaction
     (`selectors.transfer_parties_find`); they are not looked up again, and cached once it commits.
+    `before_flush(results, defer)`: called with the results once every transfer is decided, before the
+    ledger head is locked; statements it appends to `defer` (None: not PostgreSQL) run with the ledger's
+    last one (the group commit stores its answers so).
     """
     from wallet.events.services import EventSpec, user_stream
 
@@ -280,6 +286,8 @@ def transfers_execute(*, tenant: Tenant, requests: Sequence[TransferRequest],
             if changed:
                 DailyUsage.all_tenants.bulk_update(changed, ["amount"])
             batch.events.extend(events)
+            if before_flush is not None:
+                before_flush(results, batch.deferred)  # type: ignore[arg-type]
             batch.flush()
             if writer is not None:
                 writer.release()  # the last statement before COMMIT
