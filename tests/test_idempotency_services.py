@@ -367,6 +367,16 @@ def test_a_deferred_completion_stores_every_answer_or_fails_its_statement(tenant
         idempotency_complete_many([Completion(claim=third, status=201, body=b"{}"),
                                    Completion(claim=first, status=201, body=b"{}")], defer=deferred)
         execute_together(connection, deferred)
+    with pytest.raises(DatabaseError, match="already completed: 1"), transaction.atomic():
+        deferred = []  # every claim completed already: the UPDATE matches nothing, the guard still runs
+        idempotency_complete_many([Completion(claim=first, status=201, body=b"{}")], defer=deferred)
+        execute_together(connection, deferred)
+    with pytest.raises(DatabaseError, match="already completed: 1"), transaction.atomic():
+        (fourth,) = _many(tenant_a, (user_a, "d4", "f4"))
+        IdempotencyRecord.all_tenants.filter(pk=fourth.record_id).delete()  # gone
+        deferred = []
+        idempotency_complete_many([Completion(claim=fourth, status=201, body=b"{}")], defer=deferred)
+        execute_together(connection, deferred)
 
 
 @pytest.mark.django_db(transaction=True)

@@ -172,6 +172,50 @@ def test_a_failing_batch_is_retried_one_job_at_a_time(tenant_a: Tenant, payers: 
 @on_postgresql
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.timeout(90)
+def test_a_batch_failing_after_its_answers_were_built_is_retried_and_answers_what_committed(
+        tenant_a: Tenant, payers: list[User], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The answers are built before the ledger's last statement, and stored by it: when that statement
+    fails, nothing of the batch stays, and each job, retried alone, is decided and answered again."""
+    from wallet.ledger.engine import LedgerBatch
+
+    real = LedgerBatch._run_deferred
+    failed: list[int] = []
+    seen_jobs: list[Any] = []
+    real_batch = groupcommit.execute_batch
+
+    def failing_once(self: LedgerBatch) -> None:
+        if len(self.drafts) > 1 and not failed:
+            failed.append(len(self.drafts))
+            raise RuntimeError("the connection broke in the batch's last statement")
+        real(self)
+
+    def watching(tenant: Tenant, jobs: list[Any]) -> list[Any]:
+        seen_jobs.extend((job, job.transfer, job.refusal) for job in jobs)
+        threading.Event().wait(0.05)
+        return real_batch(tenant, jobs)
+
+    monkeypatch.setattr(LedgerBatch, "_run_deferred", failing_once)
+    monkeypatch.setattr(groupcommit, "execute_batch", watching)
+    clients = [signed_in_clients(tenant_a, payer, 1)[0] for payer in payers[:6]]
+    calls = [lambda c=c, i=i: _post(c, f"g{i}", recipient="nobody@example.com" if i == 0 else "bob@example.com")
+             for i, c in enumerate(clients)]
+    responses = _concurrently(calls)
+    assert failed, "no batch of more than one transfer formed"
+    assert [r.status_code for r in responses] == [404] + [201] * 5
+    assert all((job.transfer, job.refusal) == (transfer, refusal) for job, transfer, refusal in seen_jobs)
+    committed = {str(t.pk) for t in Transfer.all_tenants.filter(memo__startswith="g")}
+    assert committed == {json.loads(r.content)["id"] for r in responses[1:]}
+    for client, response, i in zip(clients, responses, range(6), strict=True):
+        replay = _post(client, f"g{i}", recipient="nobody@example.com" if i == 0 else "bob@example.com")
+        assert replay.status_code == response.status_code and replay["Idempotent-Replayed"] == "true"
+        if response.status_code == 201:
+            assert replay.content == response.content
+    assert ledger_verify(tenant=tenant_a).ok
+
+
+@on_postgresql
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.timeout(90)
 def test_an_error_of_a_job_alone_is_a_500_and_nothing_is_stored(tenant_a: Tenant, payers: list[User],
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     real = groupcommit.transfers_execute

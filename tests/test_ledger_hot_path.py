@@ -196,3 +196,11 @@ def test_account_ids_read_in_a_transaction_are_cached_only_once_it_commits(
         assert key not in services._USER_ACCOUNT_IDS
     assert services._USER_ACCOUNT_IDS[key] == known[(user_a.pk, usd.pk)]
     services._USER_ACCOUNT_IDS.pop(key, None)
+
+
+def test_an_empty_handle_names_nobody(tenant_a: Tenant) -> None:
+    """"@" is an empty handle: not the sender (or anyone) whose handle column is empty."""
+    sender = UserFactory(tenant=tenant_a, email="sender@example.com")
+    User.objects.filter(pk=sender.pk).update(handle="")
+    parties = selectors.transfer_parties_find(tenant=tenant_a, texts=["@", "@@", " "], sender_ids=[sender.pk])
+    assert parties.recipients == {}

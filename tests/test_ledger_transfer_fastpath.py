@@ -283,3 +283,31 @@ def test_a_request_no_batch_takes_in_time_answers_503_with_retry_after_by_the_fa
     assert Transfer.all_tenants.count() == 0
     again = _post(client, GOOD, "stuck")  # nothing was stored: the retry runs
     assert again.status_code == 201 and not again.get("Idempotent-Replayed")
+
+
+@pytest.mark.parametrize("change", ["validate", "validate_field", "source", "allow_null", "min_length", "amount"])
+def test_a_serializer_rule_the_fast_path_does_not_know_stops_the_app(change: str) -> None:
+    from django.core.exceptions import ImproperlyConfigured
+    from rest_framework import serializers
+
+    fields: dict[str, Any] = {
+        "recipient": serializers.CharField(max_length=254), "asset": serializers.CharField(max_length=32),
+        "amount": views.AmountField(), "memo": serializers.CharField(max_length=200, required=False,
+                                                                     allow_blank=True, default=""),
+    }
+    if change == "source":
+        fields["asset"] = serializers.CharField(max_length=32, source="code")
+    elif change == "allow_null":
+        fields["memo"] = serializers.CharField(max_length=200, required=False, allow_null=True, default="")
+    elif change == "min_length":
+        fields["recipient"] = serializers.CharField(max_length=254, min_length=3)
+    elif change == "amount":
+        fields["amount"] = views.AmountField(required=False)
+    elif change == "validate":
+        fields["validate"] = lambda self, attrs: attrs
+    elif change == "validate_field":
+        fields["validate_memo"] = lambda self, value: value
+    assert views._plain_fields(Serializer) == views._TRANSFER_FIELDS  # the real one passes
+    changed = type("Changed", (serializers.Serializer,), fields)
+    with pytest.raises(ImproperlyConfigured):
+        views._plain_fields(changed)

@@ -22,7 +22,7 @@ M = TypeVar("M", bound=models.Model)
 VALUES_MAX_ROWS = 16
 # Deferred inserts run inside the one statement of `execute_together`: up to this many rows they cost no
 # round trip of their own, where COPY costs two, under the caller's locks (bench-ledger's HTTP batches of
-# 10-30 transfers: +20-30% req/s, with the writes of postings and events no longer two COPYs each).
+# 10-30 transfers: +20-30% req/s; a transfer writes two postings and four events).
 DEFERRED_VALUES_MAX_ROWS = 64
 
 
@@ -135,11 +135,15 @@ def execute_together(connection: BaseDatabaseWrapper, statements: Sequence[State
         return
     if len(statements) == 1:
         sql, params = statements[0]
+        prepare = None  # the default: prepared when short
     else:
         sql = "WITH " + ", ".join(f"s{i} AS ({text})" for i, (text, _) in enumerate(statements)) + " SELECT 1"
         params = [value for _, values in statements for value in values]
+        # Not prepared: its shape changes with every batch's row counts, and past psycopg's 100 prepared
+        # statements per connection each new shape would evict one with a DEALLOCATE round trip.
+        prepare = False
     with hot_cursor(connection) as cursor:
-        cursor.execute(sql, params)
+        cursor.execute(sql, params, prepare=prepare)
 
 
 def copy_rows(connection: BaseDatabaseWrapper, model: type[models.Model], fields: Sequence[str],

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import IntegrityError, connections, router
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, connections, router
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.transaction import TransactionManagementError
 from django.utils import timezone
@@ -442,7 +442,9 @@ def idempotency_complete_many(completions: Sequence[Completion], defer: list[Sta
     ids = [c.claim.record_id for c in completions]
     params = [ids, [c.status for c in completions], [bytes(c.body) for c in completions],
               [c.content_type or "" for c in completions], [c.location or "" for c in completions]]
-    if defer is not None and connection.vendor == "postgresql":
+    if defer is not None:
+        if using != DEFAULT_DB_ALIAS:
+            raise ValueError("a deferred completion runs in the ledger's statement, on the default database")
         # Evaluated once (an uncorrelated subquery); the failing cast depends on the count, so the planner
         # cannot fold it: it raises only when a claimed record is gone or completed already.
         guard = (

@@ -166,7 +166,8 @@ def _replay(stored: StoredResponse) -> Outcome:
 
 
 def execute_batch(tenant: Tenant, jobs: list[TransferJob]) -> list[Outcome]:
-    """Claim, execute and store the responses of `jobs` (distinct keys, one tenant) in one transaction."""
+    """Claim, execute and store the responses of `jobs` (distinct keys, one tenant) in one transaction.
+    Jobs are not changed: a job retried after a failed batch is decided again, in its own transaction."""
     outcomes: list[Outcome | None] = [None] * len(jobs)
     with transaction.atomic():
         claims = idempotency_claim_many(tenant=tenant, requests=[job.claim for job in jobs])
@@ -178,22 +179,24 @@ def execute_batch(tenant: Tenant, jobs: list[TransferJob]) -> list[Outcome]:
                 outcomes[index] = _replay(claim.stored)
             else:
                 fresh.append((index, claim))
-        accounts = _resolve_orders(tenant, [jobs[index] for index, _ in fresh])
-        to_execute = [(index, claim) for index, claim in fresh if jobs[index].refusal is None]
+        decisions, accounts = _decide(tenant, [jobs[index] for index, _ in fresh])
+        decided = {index: decision for (index, _), decision in zip(fresh, decisions, strict=True)}
+        to_execute = [index for index, _ in fresh if isinstance(decided[index], TransferRequest)]
 
         def respond(results: Sequence[Transfer | ApiError], defer: list[Statement] | None) -> None:
             """Each fresh job's answer, stored under its key: before the ledger's last statement, which the
             completion joins (no round trip of its own while the ledger head is locked)."""
-            result_of = {index: result for (index, _), result in zip(to_execute, results, strict=True)}
+            result_of = dict(zip(to_execute, results, strict=True))
             completions = []
             for index, claim in fresh:
                 job = jobs[index]
-                result = job.refusal or result_of[index]
+                result = result_of.get(index) or decided[index]
                 if isinstance(result, ApiError):
                     if not is_storable(result.status):
                         raise RuntimeError(f"unstorable refusal {result.status} in a transfer batch")
                     outcome = _problem(job, result)
                 else:
+                    assert isinstance(result, Transfer)
                     outcome = Outcome(status=201, body=dumps(transfer_body(result, job.viewer)),
                                       content_type=JSON_CONTENT_TYPE, location=f"/api/v1/transfers/{result.pk}")
                 outcomes[index] = outcome
@@ -202,33 +205,40 @@ def execute_batch(tenant: Tenant, jobs: list[TransferJob]) -> list[Outcome]:
             idempotency_complete_many(completions, defer=defer)
 
         if to_execute:
-            transfers_execute(tenant=tenant, requests=[jobs[index].transfer for index, _ in to_execute],
+            transfers_execute(tenant=tenant, requests=[decided[index] for index in to_execute],  # type: ignore[misc]
                               known_accounts=accounts, before_flush=respond)
         else:
             respond([], None)
     return outcomes  # type: ignore[return-value]
 
 
-def _resolve_orders(tenant: Tenant, jobs: list[TransferJob]) -> dict[tuple[UUID, UUID], UUID]:
-    """Turn the jobs' orders into transfer requests, or refusals: one query for all their recipients and
-    the parties' existing accounts, whose ids it returns (for `transfers_execute`)."""
-    orders = [(job, job.order) for job in jobs if job.order is not None and job.refusal is None]
+def _decide(tenant: Tenant, jobs: list[TransferJob]
+            ) -> tuple[list[TransferRequest | ApiError], dict[tuple[UUID, UUID], UUID]]:
+    """Each job's transfer request or refusal (found while validating, an unknown recipient, then the
+    asset's), with one query for all the orders' recipients and the parties' existing accounts, whose ids
+    it returns too (for `transfers_execute`)."""
+    decisions: list[TransferRequest | ApiError | None] = [job.refusal or job.transfer for job in jobs]
+    orders = [(position, job.order) for position, job in enumerate(jobs)
+              if job.refusal is None and job.transfer is None and job.order is not None]
+    ordered = {position for position, _ in orders}
+    if any(decision is None and position not in ordered for position, decision in enumerate(decisions)):
+        raise ValueError("a transfer job needs a transfer, an order or a refusal")
     if not orders:
-        return {}
+        return decisions, {}  # type: ignore[return-value]
     parties = transfer_parties_find(
         tenant=tenant, texts={order.recipient for _, order in orders},
         asset_ids=[order.policy.asset_id for _, order in orders if not isinstance(order.policy, ApiError)],
         sender_ids=[order.sender.pk for _, order in orders])
-    for job, order in orders:
+    for position, order in orders:
         recipient = parties.recipients.get(order.recipient)
         if recipient is None:
-            job.refusal = RecipientNotFound()
+            decisions[position] = RecipientNotFound()
         elif isinstance(order.policy, ApiError):
-            job.refusal = order.policy
+            decisions[position] = order.policy
         else:
-            job.transfer = TransferRequest(sender=order.sender, recipient=recipient, asset=order.policy.asset,
-                                           amount=order.amount, memo=order.memo, policy=order.policy)
-    return parties.accounts
+            decisions[position] = TransferRequest(sender=order.sender, recipient=recipient, asset=order.policy.asset,
+                                                  amount=order.amount, memo=order.memo, policy=order.policy)
+    return decisions, parties.accounts  # type: ignore[return-value]
 
 
 class GroupCommitter:

@@ -205,7 +205,7 @@ def transfer_parties_find(*, tenant: Tenant, texts: Iterable[str], asset_ids: Se
         rows = cursor.fetchall()
     converters = _user_converters(connection)
     width = len(converters)
-    wanted = set(lookups.values())
+    wanted = {("email", email) for email in emails} | {("handle", handle) for handle in handles}  # non-empty
     by_key: dict[tuple[str, str], User] = {}
     accounts: dict[tuple[UUID, UUID], UUID] = {}
     built: set[Any] = set()

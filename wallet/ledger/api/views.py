@@ -187,12 +187,17 @@ def _plain_fields(serializer: type[serializers.Serializer]) -> tuple[_PlainField
     allowed (a plain trimmed `CharField` with a maximum length, or `AmountField`): anything else added to
     the serializer must be taught to the fast path first, or the app does not start."""
     known_validators = (MaxLengthValidator, ProhibitNullCharactersValidator, ProhibitSurrogateCharactersValidator)
+    if serializer.validate is not serializers.Serializer.validate or any(
+            name.startswith("validate_") and not hasattr(serializers.Serializer, name) for name in dir(serializer)):
+        raise ImproperlyConfigured("the transfer fast path does not know the input serializer's validate methods")
     found = []
     for name, field in serializer().fields.items():
-        if type(field) is AmountField and not field.validators:
+        if field.source != name or field.read_only or field.allow_null:
+            raise ImproperlyConfigured(f"the transfer fast path does not know the rules of field {name!r}")
+        if type(field) is AmountField and not field.validators and field.required:
             found.append(_PlainField(name, field.required, False, 0, True))
             continue
-        plain_text = (type(field) is serializers.CharField and field.trim_whitespace and not field.allow_null
+        plain_text = (type(field) is serializers.CharField and field.trim_whitespace
                       and field.min_length is None and field.max_length is not None
                       and all(isinstance(v, known_validators) for v in field.validators)
                       and (field.required or field.default == ""))
