@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -122,3 +123,18 @@ def owner_b(tenant_b: Tenant) -> User:
 def superuser(db: Any) -> User:
     return User.objects.create_superuser(username="root", email="root@platform.example",
                                          password="root-password-123")
+
+
+@contextlib.contextmanager
+def celery_eager(on: bool) -> Iterator[None]:
+    """Celery's `task_always_eager` set to `on` for the block: True runs tasks in process (the embedded
+    default), False sends them to the broker (production). Under `make test` REDIS_URL is set, which
+    turns eager mode off."""
+    from wallet.celery import app as celery_app
+
+    before = celery_app.conf.task_always_eager
+    celery_app.conf.task_always_eager = on
+    try:
+        yield
+    finally:
+        celery_app.conf.task_always_eager = before

@@ -15,7 +15,7 @@ from django.core.management.base import CommandError
 from django.test import Client
 
 from tenants.models import Membership, Tenant, User
-from tests.conftest import AppClient, app_key_of, make_staff
+from tests.conftest import AppClient, app_key_of, celery_eager, make_staff
 from tests.factories import UserFactory
 from tests.ledger_helpers import enable, fund
 from wallet.balances.crypto import credentials_decrypt, credentials_encrypt
@@ -117,12 +117,8 @@ def test_another_users_bank_accounts_and_balances_are_never_returned(user_a: Use
 @pytest.fixture
 def eager() -> Iterator[None]:
     """Fan-out tasks run in process (under `make test` REDIS_URL is set, which turns eager mode off)."""
-    from wallet.celery import app as celery_app
-
-    before = celery_app.conf.task_always_eager
-    celery_app.conf.task_always_eager = True
-    yield
-    celery_app.conf.task_always_eager = before
+    with celery_eager(True):
+        yield
 
 
 def test_scheduled_refresh_updates_users_with_linked_accounts(user_a: User, eager: None, settings: Any) -> None:

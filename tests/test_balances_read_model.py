@@ -13,7 +13,7 @@ from django.core.cache import cache
 from django.db.models import F
 
 from tenants.models import Tenant, User
-from tests.conftest import AppClient
+from tests.conftest import AppClient, celery_eager
 from tests.factories import UserFactory
 from tests.ledger_helpers import asset, enable, fund
 from wallet.balances import listeners, services
@@ -39,23 +39,15 @@ def _isolated() -> Iterator[None]:
 
 @pytest.fixture
 def eager() -> Iterator[None]:
-    from wallet.celery import app as celery_app
-
-    before = celery_app.conf.task_always_eager
-    celery_app.conf.task_always_eager = True
-    yield
-    celery_app.conf.task_always_eager = before
+    with celery_eager(True):
+        yield
 
 
 @pytest.fixture
 def lazy() -> Iterator[None]:
     """Celery with a broker (production): tasks are sent, not run in process."""
-    from wallet.celery import app as celery_app
-
-    before = celery_app.conf.task_always_eager
-    celery_app.conf.task_always_eager = False
-    yield
-    celery_app.conf.task_always_eager = before
+    with celery_eager(False):
+        yield
 
 
 def updated_events(user: User) -> list[dict[str, Any]]:

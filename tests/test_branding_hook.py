@@ -20,6 +20,7 @@ from branding.hook import HookAddressRefused, vetted_addresses
 from branding.models import BuildHook, HookDelivery
 from branding.tasks import deliver_release_hook
 from tenants.models import Tenant
+from tests.conftest import celery_eager
 from tests.fixtures.branding.helpers import _branding_media, publish_sample  # noqa: F401 (autouse fixture)
 from wallet.celery import app as celery_app
 
@@ -65,10 +66,8 @@ def receiver() -> Iterator[Receiver]:
 
 @pytest.fixture(autouse=True)
 def _eager_tasks() -> Iterator[None]:
-    eager = celery_app.conf.task_always_eager
-    celery_app.conf.task_always_eager = True
-    yield
-    celery_app.conf.task_always_eager = eager
+    with celery_eager(True):
+        yield
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from tests.fixtures.chains import fixtures
 from tests.fixtures.chains.fixtures import ChainEnv
 from tests.fixtures.chains.helpers import (
     RpcProxy,
+    balance,
     call_data,
     forward_call_data,
     forwarder_deploy,
@@ -22,21 +23,14 @@ from tests.fixtures.chains.helpers import (
     new_account,
 )
 from wallet.events.models import OutboxEvent
-from wallet.ledger.models import Account, JournalEntry
+from wallet.ledger.models import JournalEntry
 from wallet.ledger.verify import ledger_verify
 
 pytestmark = [pytest.mark.anvil, pytest.mark.django_db]
 anvil = fixtures.anvil
 
 
-@pytest.fixture(params=["traces", "bodies"])
-def chain_env(anvil: Any, tenant_a: Tenant, request: Any) -> ChainEnv:
-    return fixtures.chain_env_for(anvil, tenant_a, native_source=request.param)
-
-
-def balance(user: User, code: str) -> int:
-    row = Account.all_tenants.filter(tenant_id=user.tenant_id, user=user, asset__code=code).first()
-    return int(row.posted) if row else 0
+chain_env = fixtures.chain_env_each_source  # every test with traces and with block bodies
 
 
 def event_types(user: User, tx_hash: str) -> list[str]:

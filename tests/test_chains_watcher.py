@@ -15,7 +15,7 @@ from chains.watcher import ChainWatcher, watcher_run_until_idle
 from tenants.models import Tenant, User
 from tests.fixtures.chains import fixtures
 from tests.fixtures.chains.fixtures import ChainEnv
-from tests.fixtures.chains.helpers import link_address, new_account
+from tests.fixtures.chains.helpers import balance, link_address, new_account
 from wallet.events.models import OutboxEvent
 from wallet.ledger.models import Account, JournalEntry
 from wallet.ledger.verify import ledger_verify
@@ -24,15 +24,7 @@ pytestmark = [pytest.mark.anvil, pytest.mark.django_db]
 anvil = fixtures.anvil
 
 
-@pytest.fixture(params=["traces", "bodies"])
-def chain_env(anvil: Any, tenant_a: Tenant, request: Any) -> ChainEnv:
-    """Every watcher test with native transfers read from `trace_filter` and from block bodies."""
-    return fixtures.chain_env_for(anvil, tenant_a, native_source=request.param)
-
-
-def balance(user: User, code: str) -> int:
-    row = Account.all_tenants.filter(tenant_id=user.tenant_id, user=user, asset__code=code).first()
-    return int(row.posted) if row else 0
+chain_env = fixtures.chain_env_each_source  # every test with traces and with block bodies
 
 
 def deposit_events(user: User) -> list[tuple[str, str, str]]:

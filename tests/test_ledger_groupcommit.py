@@ -190,7 +190,7 @@ def test_a_batch_failing_after_its_answers_were_built_is_retried_and_answers_wha
         real(self)
 
     def watching(tenant: Tenant, jobs: list[Any]) -> list[Any]:
-        seen_jobs.extend((job, job.transfer, job.refusal) for job in jobs)
+        seen_jobs.extend((job, job.order, job.refusal) for job in jobs)
         threading.Event().wait(0.05)
         return real_batch(tenant, jobs)
 
@@ -202,7 +202,7 @@ def test_a_batch_failing_after_its_answers_were_built_is_retried_and_answers_wha
     responses = _concurrently(calls)
     assert failed, "no batch of more than one transfer formed"
     assert [r.status_code for r in responses] == [404] + [201] * 5
-    assert all((job.transfer, job.refusal) == (transfer, refusal) for job, transfer, refusal in seen_jobs)
+    assert all((job.order, job.refusal) == (order, refusal) for job, order, refusal in seen_jobs)
     committed = {str(t.pk) for t in Transfer.all_tenants.filter(memo__startswith="g")}
     assert committed == {json.loads(r.content)["id"] for r in responses[1:]}
     for client, response, i in zip(clients, responses, range(6), strict=True):

@@ -10,6 +10,7 @@ from django.db import connections
 from django.utils import timezone
 
 from tenants.models import Tenant, User
+from tests.conftest import celery_eager
 from tests.ledger_helpers import account, enable, fund
 from wallet.celery import app as celery_app
 from wallet.core.scheduler import InProcessScheduler
@@ -20,12 +21,8 @@ from wallet.ledger.models import Hold
 @pytest.mark.django_db(transaction=True)
 def test_expired_holds_are_voided_by_the_in_process_scheduler(tenant_a: Tenant, user_a: User) -> None:
     # The in-process scheduler belongs to the embedded default, where tasks run eagerly.
-    eager = celery_app.conf.task_always_eager
-    celery_app.conf.task_always_eager = True
-    try:
+    with celery_eager(True):
         _expire_through_the_scheduler(tenant_a, user_a)
-    finally:
-        celery_app.conf.task_always_eager = eager
 
 
 def _expire_through_the_scheduler(tenant_a: Tenant, user_a: User) -> None:

@@ -110,12 +110,10 @@ class TransferOrder:
 
 @dataclass(eq=False)
 class TransferJob:
-    """One `POST /api/v1/transfers`: its key, and the transfer to make (as an order or already resolved)
-    or its refusal."""
+    """One `POST /api/v1/transfers`: its key, and the transfer to make (an order) or its refusal."""
 
     claim: ClaimRequest
     viewer: User
-    transfer: TransferRequest | None = None
     order: TransferOrder | None = None
     refusal: ApiError | None = None  # found while validating; stored as the key's answer
     request_id: str | None = None
@@ -217,12 +215,10 @@ def _decide(tenant: Tenant, jobs: list[TransferJob]
     """Each job's transfer request or refusal (found while validating, an unknown recipient, then the
     asset's), with one query for all the orders' recipients and the parties' existing accounts, whose ids
     it returns too (for `transfers_execute`)."""
-    decisions: list[TransferRequest | ApiError | None] = [job.refusal or job.transfer for job in jobs]
-    orders = [(position, job.order) for position, job in enumerate(jobs)
-              if job.refusal is None and job.transfer is None and job.order is not None]
-    ordered = {position for position, _ in orders}
-    if any(decision is None and position not in ordered for position, decision in enumerate(decisions)):
-        raise ValueError("a transfer job needs a transfer, an order or a refusal")
+    if any(job.refusal is None and job.order is None for job in jobs):
+        raise ValueError("a transfer job needs an order or a refusal")
+    decisions: list[TransferRequest | ApiError | None] = [job.refusal for job in jobs]
+    orders = [(position, job.order) for position, job in enumerate(jobs) if job.refusal is None and job.order]
     if not orders:
         return decisions, {}  # type: ignore[return-value]
     parties = transfer_parties_find(
