@@ -127,6 +127,79 @@ class _PlainCursor:
         return getattr(self._cursor, name)
 
 
+def in_pipeline(connection: BaseDatabaseWrapper) -> bool:
+    """Whether `connection` is in psycopg's pipeline mode (see `pipeline`)."""
+    raw = connection.connection if connection.vendor == "postgresql" else None
+    return raw is not None and raw.pgconn.pipeline_status != 0
+
+
+@contextlib.contextmanager
+def pipeline(connection: BaseDatabaseWrapper) -> Iterator[None]:
+    """PostgreSQL: run the block in psycopg's pipeline mode, where a statement is sent without waiting for
+    the previous one's result, and a read of results (`fetchall`, a COMMIT) waits once for everything sent
+    before it. A hot path that sends its independent statements before reading any of them (`SentQuery`)
+    pays one round trip for all of them. Enter it inside `transaction.atomic()` (changing autocommit in
+    pipeline mode costs a round trip); leaving it costs one (psycopg's closing Sync). Statements that need
+    no results (`execute_together`) are sent with the next read. COPY is not available in pipeline mode:
+    `copy_rows` inserts with VALUES there. Elsewhere (SQLite) it does nothing."""
+    if connection.vendor != "postgresql":
+        yield
+        return
+    connection.ensure_connection()
+    with connection.wrap_database_errors, connection.connection.pipeline():
+        yield
+
+
+def commit_in_pipeline(connection: BaseDatabaseWrapper) -> bool:
+    """Inside `pipeline`, at the end of the outermost `transaction.atomic()` block: send COMMIT now, behind
+    the statements not yet sent, so that they and the COMMIT share one round trip (the transaction's locks
+    go one round trip sooner). Django's own commit, when the block exits, then finds no transaction open
+    and only runs the `on_commit` callbacks. Does nothing (False) outside pipeline mode, inside an inner
+    block or a savepoint (a test's transaction), or when the block must roll back."""
+    if (not in_pipeline(connection) or len(connection.atomic_blocks) != 1 or connection.savepoint_ids
+            or connection.needs_rollback):
+        return False
+    with connection.wrap_database_errors:
+        connection.connection.commit()
+    return True
+
+
+class SentQuery:
+    """A query sent on its own hot cursor, its rows read later with `fetchall()` or `fetchone()` (once).
+
+    Within `pipeline(connection)`, every query sent before the first read shares that read's round trip;
+    elsewhere the query has run when sent, and reading costs nothing. Send in the order the statements
+    must run (they run in that order, taking their locks in that order)."""
+
+    def __init__(self, connection: BaseDatabaseWrapper, sql: str, params: Sequence[Any] = (),
+                 prepare: bool | None = None) -> None:
+        self._context = hot_cursor(connection)
+        cursor = self._context.__enter__()
+        try:
+            cursor.execute(sql, params, prepare=prepare)
+        except BaseException:
+            self._context.__exit__(None, None, None)
+            raise
+        self._cursor: Any = cursor
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        try:
+            return self._cursor.fetchall()
+        finally:
+            self._close()
+
+    def fetchone(self) -> tuple[Any, ...] | None:
+        try:
+            return self._cursor.fetchone()
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        if self._cursor is not None:
+            self._cursor = None
+            self._context.__exit__(None, None, None)
+
+
 def execute_together(connection: BaseDatabaseWrapper, statements: Sequence[Statement]) -> None:
     """PostgreSQL: run data-modifying statements (INSERT/UPDATE without RETURNING) as one statement, one
     round trip: `WITH s1 AS (...), s2 AS (...) SELECT 1`. They see one snapshot and each runs exactly once,
@@ -160,7 +233,8 @@ def copy_rows(connection: BaseDatabaseWrapper, model: type[models.Model], fields
     rows = rows if isinstance(rows, list) else list(rows)
     if not rows:
         return
-    if len(rows) <= (DEFERRED_VALUES_MAX_ROWS if defer is not None else VALUES_MAX_ROWS):
+    if len(rows) <= (DEFERRED_VALUES_MAX_ROWS if defer is not None else VALUES_MAX_ROWS) or in_pipeline(connection):
+        # In pipeline mode always: COPY is not available there (`pipeline`).
         # A few rows: one INSERT is one round trip; COPY costs two (the CopyIn handshake, then the data).
         placeholders = "(" + ", ".join(["%s"] * len(fields)) + ")"
         values = ", ".join([placeholders] * len(rows))

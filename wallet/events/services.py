@@ -29,7 +29,7 @@ from django.db.models import F, OuterRef, Subquery
 from django.utils import timezone
 
 from tenants.models import Tenant
-from wallet.core.bulk import Statement, copy_rows, hot_cursor, loaded
+from wallet.core.bulk import SentQuery, Statement, copy_rows, loaded
 from wallet.core.ids import uuid7
 from wallet.events import conf
 from wallet.events.models import OutboxEvent, StreamCursor
@@ -92,11 +92,15 @@ class EventSpec:
 
 
 def events_emit(*, tenant: Tenant, events: Sequence[EventSpec], returning: bool = True,
-                defer: list[Statement] | None = None) -> list[OutboxEvent]:
+                defer: list[Statement] | None = None,
+                before_read: Callable[[], None] | None = None) -> list[OutboxEvent]:
     """Write `events` of `tenant` to the outbox, in the caller's open transaction, and return the rows
     (with `returning=False`, on PostgreSQL, an empty list: the ledger's hot path does not read them).
     With `defer` (PostgreSQL), a small insert of the events is appended there for the caller to run with
     its other writes (`wallet.core.bulk.execute_together`) before the transaction commits.
+    `before_read` is called once the stream cursors' upsert is sent, before its result is read: a statement
+    it sends runs right after the upsert, and in a `bulk.pipeline` shares its round trip (the ledger sends
+    its head's lock so). Not called when there are no events.
 
     Each stream's events get the next sequence numbers of that (tenant, stream), consecutive in the order
     given, starting at 1 for a new stream. The stream cursors are bumped with one upsert in sorted stream
@@ -121,7 +125,7 @@ def events_emit(*, tenant: Tenant, events: Sequence[EventSpec], returning: bool 
 
     counts, encoded = _validate(tenant, events)
     notify = _notify_channel(connection)
-    last_seqs = _bump_cursors(connection, tenant, counts, notify)
+    last_seqs = _bump_cursors(connection, tenant, counts, notify, before_read)
 
     # The first seq of each stream's share of this call; then consecutive in the order given.
     next_seq = {stream: last_seqs[stream] - count + 1 for stream, count in counts.items()}
@@ -219,11 +223,12 @@ def _validate(tenant: Tenant, events: Sequence[EventSpec]) -> tuple[dict[str, in
 
 
 def _bump_cursors(connection: BaseDatabaseWrapper, tenant: Tenant, counts: dict[str, int],
-                  notify: str | None = None) -> dict[str, int]:
+                  notify: str | None = None, before_read: Callable[[], None] | None = None) -> dict[str, int]:
     """Add each stream's count to its cursor (creating it at the count) and return the new last_seq per
     stream: one `INSERT ... ON CONFLICT DO UPDATE ... RETURNING` whose rows are in sorted stream order (the
     order in which it takes the row locks). With `notify` (PostgreSQL), the same statement also sends
-    `pg_notify(notify, '')`, which PostgreSQL delivers at commit: no round trip of its own."""
+    `pg_notify(notify, '')`, which PostgreSQL delivers at commit: no round trip of its own. `before_read`:
+    see `events_emit`."""
     streams = sorted(counts)
     quote = connection.ops.quote_name
     table = quote(StreamCursor._meta.db_table)
@@ -240,16 +245,21 @@ def _bump_cursors(connection: BaseDatabaseWrapper, tenant: Tenant, counts: dict[
         if notify is not None:
             prefix, join = "WITH wake AS (SELECT pg_notify(%s, '')) ", " CROSS JOIN wake"
             params.insert(0, notify)
-        with hot_cursor(connection) as cursor:
-            cursor.execute(
-                f"{prefix}INSERT INTO {columns} SELECT %s, u.stream, u.count "  # noqa: S608 (constant identifiers)
-                f"FROM unnest(%s::text[], %s::bigint[]) WITH ORDINALITY AS u(stream, count, position){join} "
-                f"ORDER BY u.position {upsert}",
-                params,
-            )
-            return dict(cursor.fetchall())
+        sent = SentQuery(
+            connection,
+            f"{prefix}INSERT INTO {columns} SELECT %s, u.stream, u.count "  # noqa: S608 (constant identifiers)
+            f"FROM unnest(%s::text[], %s::bigint[]) WITH ORDINALITY AS u(stream, count, position){join} "
+            f"ORDER BY u.position {upsert}",
+            params,
+        )
+        if before_read is not None:
+            before_read()
+        return dict(sent.fetchall())
     if connection.vendor != "sqlite" or not _SQLITE_HAS_RETURNING:
-        return _bump_cursors_portably(connection, tenant, counts, streams)
+        last_seqs = _bump_cursors_portably(connection, tenant, counts, streams)
+        if before_read is not None:
+            before_read()
+        return last_seqs
     tenant_id = StreamCursor._meta.get_field("tenant").get_db_prep_value(tenant.pk, connection)
     last_seqs: dict[str, int] = {}
     with connection.cursor() as cursor:
@@ -261,6 +271,8 @@ def _bump_cursors(connection: BaseDatabaseWrapper, tenant: Tenant, counts: dict[
             values = ", ".join(["(%s, %s, %s)"] * len(chunk))
             cursor.execute(f"INSERT INTO {columns} VALUES {values} {upsert}", params)  # noqa: S608
             last_seqs.update(cursor.fetchall())
+    if before_read is not None:
+        before_read()
     return last_seqs
 
 

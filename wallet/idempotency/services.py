@@ -39,7 +39,7 @@ from django.db.transaction import TransactionManagementError
 from django.utils import timezone
 
 from tenants.models import Tenant, User
-from wallet.core.bulk import Statement, hot_cursor
+from wallet.core.bulk import SentQuery, Statement, hot_cursor
 from wallet.core.errors import ApiError
 from wallet.idempotency import conf
 from wallet.idempotency.errors import IdempotencyKeyInFlight, IdempotencyKeyReused
@@ -320,6 +320,12 @@ def idempotency_claim_many(*, tenant: Tenant, requests: Sequence[ClaimRequest]) 
 
     The keys must be distinct (per user); the group committer defers a duplicate to its next batch.
     """
+    return idempotency_claims_send(tenant=tenant, requests=requests).result()
+
+
+def idempotency_claims_send(*, tenant: Tenant, requests: Sequence[ClaimRequest]) -> PendingClaims:
+    """`idempotency_claim_many`, in two steps: this sends the claim statement; `.result()` reads it. In
+    the caller's `bulk.pipeline`, statements sent in between share the claim's round trip."""
     using = idempotency_database_alias()
     connection = connections[using]
     _require_transaction(connection, "idempotency_claim_many")
@@ -334,7 +340,7 @@ def idempotency_claim_many(*, tenant: Tenant, requests: Sequence[ClaimRequest]) 
                                                  path=request.path))
             except ApiError as error:
                 results.append(error)
-        return results
+        return PendingClaims(tenant, requests, using, results=results)
     now = timezone.now()
     for request in requests:
         validate_idempotency_key(request.key)
@@ -347,34 +353,49 @@ def idempotency_claim_many(*, tenant: Tenant, requests: Sequence[ClaimRequest]) 
         [request.fingerprint for request in requests],
         tenant.pk, now, now + conf.ttl(),
     ]
-    with hot_cursor(connection) as cursor:
-        cursor.execute(_claim_many_postgresql_sql(), params)
-        rows = cursor.fetchall()
-    results_by_pos: dict[int, Claim | ApiError] = {}
-    unclaimed = []
-    for position, _acquired, record_id in rows:
-        request = requests[position - 1]
-        if record_id is not None:
-            results_by_pos[position] = Claim(tenant_id=tenant.pk, user_id=request.user.pk, key=request.key,
-                                             record_id=record_id, using=using)
-        else:
-            unclaimed.append(position)  # locked elsewhere, or the key already has a record
-    if unclaimed:
-        records = _records_get(connection, tenant, [requests[position - 1] for position in unclaimed])
-        for position in unclaimed:
+    return PendingClaims(tenant, requests, using, sent=SentQuery(connection, _claim_many_postgresql_sql(), params))
+
+
+class PendingClaims:
+    """The claims of `idempotency_claims_send`, read with `result()` (once)."""
+
+    def __init__(self, tenant: Tenant, requests: Sequence[ClaimRequest], using: str, *,
+                 sent: SentQuery | None = None, results: list[Claim | ApiError] | None = None) -> None:
+        self._tenant, self._requests, self._using = tenant, requests, using
+        self._sent, self._results = sent, results
+
+    def result(self) -> list[Claim | ApiError]:
+        if self._results is not None:
+            return self._results
+        assert self._sent is not None, "result() reads the claims once"
+        rows, self._sent = self._sent.fetchall(), None
+        tenant, requests, using = self._tenant, self._requests, self._using
+        results_by_pos: dict[int, Claim | ApiError] = {}
+        unclaimed = []
+        for position, _acquired, record_id in rows:
             request = requests[position - 1]
-            record = records.get((request.user.pk, request.key))
-            try:
-                if record is None or not record.is_complete:
-                    # Held by another transaction right now, or pending (or purged a moment ago): retry.
-                    raise in_flight_error()
-                stored = _stored_response(record, request.fingerprint)
-                assert stored is not None
+            if record_id is not None:
                 results_by_pos[position] = Claim(tenant_id=tenant.pk, user_id=request.user.pk, key=request.key,
-                                                 stored=stored, using=using)
-            except ApiError as error:
-                results_by_pos[position] = error
-    return [results_by_pos[position] for position in range(1, len(requests) + 1)]
+                                                 record_id=record_id, using=using)
+            else:
+                unclaimed.append(position)  # locked elsewhere, or the key already has a record
+        if unclaimed:
+            records = _records_get(connections[using], tenant, [requests[position - 1] for position in unclaimed])
+            for position in unclaimed:
+                request = requests[position - 1]
+                record = records.get((request.user.pk, request.key))
+                try:
+                    if record is None or not record.is_complete:
+                        # Held by another transaction right now, or pending (or purged a moment ago): retry.
+                        raise in_flight_error()
+                    stored = _stored_response(record, request.fingerprint)
+                    assert stored is not None
+                    results_by_pos[position] = Claim(tenant_id=tenant.pk, user_id=request.user.pk, key=request.key,
+                                                     stored=stored, using=using)
+                except ApiError as error:
+                    results_by_pos[position] = error
+        self._results = [results_by_pos[position] for position in range(1, len(requests) + 1)]
+        return self._results
 
 
 def _records_get(connection: BaseDatabaseWrapper, tenant: Tenant,
@@ -456,8 +477,9 @@ def idempotency_complete_many(completions: Sequence[Completion], defer: list[Sta
         defer.append((sql + guard, [*params, len(ids), len(ids), ids]))
         return
     with hot_cursor(connection) as cursor:
-        cursor.execute(sql, params)
-        updated = cursor.rowcount
+        # The rows, not the row count: in a `bulk.pipeline` the count is known only once results are read.
+        cursor.execute(f"{sql} RETURNING r.{column['id']}", params)
+        updated = len(cursor.fetchall())
     if updated != len(completions):
         raise TransactionManagementError(
             f"{len(completions) - updated} claimed idempotency records are gone or already completed."

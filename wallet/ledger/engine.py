@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -31,7 +31,7 @@ from django.db import DatabaseError, connection
 from django.utils import timezone
 
 from tenants.models import Tenant
-from wallet.core.bulk import Statement, copy_rows, execute_together, hot_cursor, loaded
+from wallet.core.bulk import SentQuery, Statement, copy_rows, execute_together, hot_cursor, loaded
 from wallet.core.ids import uuid7
 from wallet.ledger.errors import InsufficientFunds, UnbalancedEntry
 from wallet.ledger.models import Account, Asset, JournalEntry, LedgerHead, Posting
@@ -97,11 +97,17 @@ def _head_tenant_id(tenant: Tenant) -> Any:
 
 def _head_locked(tenant: Tenant) -> LedgerHead | None:
     """The tenant's ledger head, locked until commit (plain SQL: it runs in every ledger transaction)."""
+    return _head_from(tenant, _head_lock_send(tenant).fetchone())
+
+
+def _head_lock_send(tenant: Tenant) -> SentQuery:
+    """`_head_locked` in two steps: the statement sent, its row read later (`_head_from`)."""
     # SQLite has no row locks: its transactions are IMMEDIATE, writers are serialised anyway.
     sql = _HEAD_LOCK_SQL + (" FOR UPDATE" if connection.vendor == "postgresql" else "")
-    with hot_cursor(connection) as cursor:
-        cursor.execute(sql, [_head_tenant_id(tenant)])
-        row = cursor.fetchone()
+    return SentQuery(connection, sql, [_head_tenant_id(tenant)])
+
+
+def _head_from(tenant: Tenant, row: tuple[Any, ...] | None) -> LedgerHead | None:
     if row is None:
         return None
     return loaded(LedgerHead, connection.alias, {"tenant_id": tenant.pk, "seq": row[0], "hash": row[1]},
@@ -290,13 +296,21 @@ class LedgerBatch:
         and postings, the head) are gathered in `deferred` and sent as one statement at the end: a batch
         of a few transfers costs about six round trips instead of twelve."""
         self._write_balances()
-        self._emit_balance_events()
+        head_lock: list[SentQuery] = []
+
+        def send_head_lock() -> None:
+            # Right after the stream cursors' upsert (the order every ledger transaction locks them in);
+            # in a `bulk.pipeline` both share one round trip.
+            if self.drafts and self.head is None:
+                head_lock.append(_head_lock_send(self.tenant))
+
+        self._emit_balance_events(before_read=send_head_lock)
         if not self.drafts:
             self.dirty.clear()
             self._run_deferred()
             return []
         if self.head is None:
-            self.head = _head_locked(self.tenant)
+            self.head = _head_from(self.tenant, head_lock[0].fetchone()) if head_lock else _head_locked(self.tenant)
             if self.head is None:  # the tenant's first entry
                 LedgerHead.objects.bulk_create([LedgerHead(tenant=self.tenant)], ignore_conflicts=True)
                 self.head = _head_locked(self.tenant)
@@ -366,7 +380,7 @@ class LedgerBatch:
         else:
             Account.all_tenants.bulk_update(accounts, ["posted", "held", "updated_at"])
 
-    def _emit_balance_events(self) -> None:
+    def _emit_balance_events(self, before_read: Callable[[], None] | None = None) -> None:
         from wallet.events.services import EventSpec, events_emit, user_stream
 
         events = []
@@ -379,7 +393,8 @@ class LedgerBatch:
         events.extend(self.events)
         self.events = []
         if events:
-            events_emit(tenant=self.tenant, events=events, returning=False, defer=self.deferred)
+            events_emit(tenant=self.tenant, events=events, returning=False, defer=self.deferred,
+                        before_read=before_read)
 
 
 def balance_payload(account: Account) -> dict[str, Any]:

@@ -29,6 +29,7 @@ within LEDGER_GROUP_COMMIT_WAIT_SECONDS (30 s: its leader hangs) leaves the queu
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections import deque
@@ -38,11 +39,11 @@ from typing import Any
 from uuid import UUID
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from rest_framework import serializers
 
 from tenants.models import Tenant, User
-from wallet.core.bulk import Statement
+from wallet.core.bulk import Statement, commit_in_pipeline, pipeline
 from wallet.core.context import request_id_var
 from wallet.core.errors import PROBLEM_CONTENT_TYPE, ApiError, ServiceUnavailable, problem_body
 from wallet.core.jsonutil import dumps
@@ -52,17 +53,19 @@ from wallet.idempotency.services import (
     ClaimRequest,
     Completion,
     StoredResponse,
-    idempotency_claim_many,
+    idempotency_claims_send,
     idempotency_complete_many,
 )
 from wallet.ledger.errors import RecipientNotFound
 from wallet.ledger.models import TenantAsset, Transfer
-from wallet.ledger.selectors import transfer_parties_find
+from wallet.ledger.selectors import PendingParties, transfer_parties_send
 from wallet.ledger.services import TransferRequest, transfers_execute
 
 logger = logging.getLogger("wallet.ledger.groupcommit")
 
 BATCH_MAX = 256
+# Batches up to this size run in pipeline mode (see `execute_batch`).
+PIPELINE_MAX_JOBS = 64
 
 
 def wait_seconds() -> float:
@@ -165,10 +168,19 @@ def _replay(stored: StoredResponse) -> Outcome:
 
 def execute_batch(tenant: Tenant, jobs: list[TransferJob]) -> list[Outcome]:
     """Claim, execute and store the responses of `jobs` (distinct keys, one tenant) in one transaction.
-    Jobs are not changed: a job retried after a failed batch is decided again, in its own transaction."""
+    Jobs are not changed: a job retried after a failed batch is decided again, in its own transaction.
+
+    Up to PIPELINE_MAX_JOBS jobs, the transaction runs in psycopg's pipeline mode (`bulk.pipeline`): the
+    claim and the parties' query are sent together, then read (one round trip after BEGIN's); the ledger
+    sends its stream cursors' upsert with the head's lock (one round trip), and its last statement goes with
+    the COMMIT. Larger batches (rare over HTTP) keep COPY for their many rows, which pipeline mode lacks."""
     outcomes: list[Outcome | None] = [None] * len(jobs)
-    with transaction.atomic():
-        claims = idempotency_claim_many(tenant=tenant, requests=[job.claim for job in jobs])
+    pipelined = len(jobs) <= PIPELINE_MAX_JOBS
+    with transaction.atomic(), (pipeline(connection) if pipelined else contextlib.nullcontext()):
+        claiming = idempotency_claims_send(tenant=tenant, requests=[job.claim for job in jobs])
+        # Sent before the claims are read, for every job (a replay's parties are read for nothing): one round trip.
+        parties = _parties_send(tenant, jobs)
+        claims = claiming.result()
         fresh: list[tuple[int, Claim]] = []
         for index, claim in enumerate(claims):
             if isinstance(claim, ApiError):
@@ -177,7 +189,7 @@ def execute_batch(tenant: Tenant, jobs: list[TransferJob]) -> list[Outcome]:
                 outcomes[index] = _replay(claim.stored)
             else:
                 fresh.append((index, claim))
-        decisions, accounts = _decide(tenant, [jobs[index] for index, _ in fresh])
+        decisions, accounts = _decide([jobs[index] for index, _ in fresh], parties)
         decided = {index: decision for (index, _), decision in zip(fresh, decisions, strict=True)}
         to_execute = [index for index, _ in fresh if isinstance(decided[index], TransferRequest)]
 
@@ -207,25 +219,33 @@ def execute_batch(tenant: Tenant, jobs: list[TransferJob]) -> list[Outcome]:
                               known_accounts=accounts, before_flush=respond)
         else:
             respond([], None)
+        commit_in_pipeline(connection)  # the writes and COMMIT in one round trip
     return outcomes  # type: ignore[return-value]
 
 
-def _decide(tenant: Tenant, jobs: list[TransferJob]
+def _parties_send(tenant: Tenant, jobs: Sequence[TransferJob]) -> PendingParties:
+    """The query for the recipients of all the jobs' orders and the parties' existing accounts (read by
+    `_decide`)."""
+    orders = [job.order for job in jobs if job.refusal is None and job.order is not None]
+    return transfer_parties_send(
+        tenant=tenant, texts={order.recipient for order in orders},
+        asset_ids=[order.policy.asset_id for order in orders if not isinstance(order.policy, ApiError)],
+        sender_ids=[order.sender.pk for order in orders])
+
+
+def _decide(jobs: list[TransferJob], pending: PendingParties
             ) -> tuple[list[TransferRequest | ApiError], dict[tuple[UUID, UUID], UUID]]:
     """Each job's transfer request or refusal (found while validating, an unknown recipient, then the
-    asset's), with one query for all the orders' recipients and the parties' existing accounts, whose ids
-    it returns too (for `transfers_execute`)."""
+    asset's), from the parties' query (`_parties_send`, for these jobs or more), and the parties' existing
+    account ids (for `transfers_execute`)."""
     if any(job.refusal is None and job.order is None for job in jobs):
         raise ValueError("a transfer job needs an order or a refusal")
+    parties = pending.result()
     decisions: list[TransferRequest | ApiError | None] = [job.refusal for job in jobs]
-    orders = [(position, job.order) for position, job in enumerate(jobs) if job.refusal is None and job.order]
-    if not orders:
-        return decisions, {}  # type: ignore[return-value]
-    parties = transfer_parties_find(
-        tenant=tenant, texts={order.recipient for _, order in orders},
-        asset_ids=[order.policy.asset_id for _, order in orders if not isinstance(order.policy, ApiError)],
-        sender_ids=[order.sender.pk for _, order in orders])
-    for position, order in orders:
+    for position, job in enumerate(jobs):
+        order = job.order
+        if job.refusal is not None or order is None:
+            continue
         recipient = parties.recipients.get(order.recipient)
         if recipient is None:
             decisions[position] = RecipientNotFound()

@@ -15,7 +15,7 @@ from django.db.models import Q, QuerySet
 
 from tenants.models import Tenant, User
 from tenants.scoping import access_by_id
-from wallet.core.bulk import hot_cursor, loaded
+from wallet.core.bulk import SentQuery, loaded
 from wallet.ledger.errors import AssetNotEnabled, UnknownAsset
 from wallet.ledger.models import Account, Asset, Hold, Posting, TenantAsset, Transfer
 
@@ -181,13 +181,20 @@ def transfer_parties_find(*, tenant: Tenant, texts: Iterable[str], asset_ids: Se
     recipients and of `sender_ids` (the group commit resolves a whole batch's parties at once; the ledger
     then locks those accounts without looking them up again). Users read here carry only what a transfer
     shows of its counterparty; any other field loads on first access, as for `.only()`."""
+    return transfer_parties_send(tenant=tenant, texts=texts, asset_ids=asset_ids, sender_ids=sender_ids).result()
+
+
+def transfer_parties_send(*, tenant: Tenant, texts: Iterable[str], asset_ids: Sequence[UUID] = (),
+                          sender_ids: Sequence[UUID] = ()) -> PendingParties:
+    """`transfer_parties_find` in two steps: this sends the query, `.result()` reads it (in a
+    `bulk.pipeline`, statements sent in between share its round trip)."""
     lookups = {text: recipient_lookup(text) for text in texts}
     emails = sorted({value for column, value in lookups.values() if column == "email" and value})
     handles = sorted({value for column, value in lookups.values() if column == "handle" and value})
     senders = sorted(set(sender_ids))
     assets = sorted(set(asset_ids))
     if not emails and not handles and not senders:
-        return TransferParties({}, {})
+        return PendingParties(tenant, lookups, None, None)
     connection = connections[router.db_for_read(User) or "default"]
     tenant_value = _TENANT_FIELD.get_db_prep_value(tenant.pk, connection)
     if connection.vendor == "postgresql":
@@ -200,37 +207,50 @@ def transfer_parties_find(*, tenant: Tenant, texts: Iterable[str], asset_ids: Se
         params = [tenant_value, *emails, tenant_value, *handles, tenant_value,
                   *(_ID_FIELD.get_db_prep_value(u, connection) for u in senders),
                   *(_ASSET_ID_FIELD.get_db_prep_value(a, connection) for a in assets)]
-    with hot_cursor(connection) as cursor:
-        cursor.execute(sql, params)
-        rows = cursor.fetchall()
-    converters = _user_converters(connection)
-    width = len(converters)
-    wanted = {("email", email) for email in emails} | {("handle", handle) for handle in handles}  # non-empty
-    by_key: dict[tuple[str, str], User] = {}
-    accounts: dict[tuple[UUID, UUID], UUID] = {}
-    built: set[Any] = set()
-    for row in rows:
-        user_id = _as_uuid(row[0])
-        if row[width + 2] is not None:
-            accounts[(user_id, _as_uuid(row[width + 2]))] = _as_uuid(row[width + 3])
-        if user_id in built:
-            continue
-        built.add(user_id)
-        keys = [key for key in (("email", row[width]), ("handle", row[width + 1])) if key in wanted]
-        if not row[_ACTIVE_COLUMN]:
-            keys = []
-        if not keys:  # a sender only (or inactive): no user object needed
-            continue
-        values = {}
-        for (attname, col, field_converters), raw in zip(converters, row[:width], strict=True):
-            for converter in field_converters:
-                raw = converter(raw, col, connection)
-            values[attname] = raw
-        user = loaded(User, connection.alias, values, {"tenant": tenant})
-        for key in keys:
-            by_key[key] = user
-    recipients = {text: by_key[lookup] for text, lookup in lookups.items() if lookup in by_key}
-    return TransferParties(recipients, accounts)
+    return PendingParties(tenant, lookups, connection, SentQuery(connection, sql, params))
+
+
+class PendingParties:
+    """The parties of `transfer_parties_send`, read with `result()` (once)."""
+
+    def __init__(self, tenant: Tenant, lookups: dict[str, tuple[str, str]], connection: Any,
+                 sent: SentQuery | None) -> None:
+        self._tenant, self._lookups, self._connection, self._sent = tenant, lookups, connection, sent
+
+    def result(self) -> TransferParties:
+        if self._connection is None:
+            return TransferParties({}, {})
+        assert self._sent is not None, "result() reads the parties once"
+        rows, self._sent = self._sent.fetchall(), None
+        tenant, lookups, connection = self._tenant, self._lookups, self._connection
+        converters = _user_converters(connection)
+        width = len(converters)
+        wanted = {lookup for lookup in lookups.values() if lookup[1]}  # non-empty emails and handles
+        by_key: dict[tuple[str, str], User] = {}
+        accounts: dict[tuple[UUID, UUID], UUID] = {}
+        built: set[Any] = set()
+        for row in rows:
+            user_id = _as_uuid(row[0])
+            if row[width + 2] is not None:
+                accounts[(user_id, _as_uuid(row[width + 2]))] = _as_uuid(row[width + 3])
+            if user_id in built:
+                continue
+            built.add(user_id)
+            keys = [key for key in (("email", row[width]), ("handle", row[width + 1])) if key in wanted]
+            if not row[_ACTIVE_COLUMN]:
+                keys = []
+            if not keys:  # a sender only (or inactive): no user object needed
+                continue
+            values = {}
+            for (attname, col, field_converters), raw in zip(converters, row[:width], strict=True):
+                for converter in field_converters:
+                    raw = converter(raw, col, connection)
+                values[attname] = raw
+            user = loaded(User, connection.alias, values, {"tenant": tenant})
+            for key in keys:
+                by_key[key] = user
+        recipients = {text: by_key[lookup] for text, lookup in lookups.items() if lookup in by_key}
+        return TransferParties(recipients, accounts)
 
 
 def _as_uuid(value: Any) -> UUID:
