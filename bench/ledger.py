@@ -17,12 +17,14 @@ In one invocation:
     of batches of 1 and of the largest size, alone, record every SQL statement and how long the
     tenant's ledger head stays locked.
 (c) `POST /api/v1/transfers` (X-App-Key, Bearer token of one of 64 senders, a fresh Idempotency-Key
-    per request, JSON body) on gunicorn with 2 gthread workers x 32 threads and 4 x 16, with wrk
+    per request, JSON body) on granian (WSGI, 2 workers x 32 blocking threads: the production web
+    server) and on gunicorn (2 gthread workers x 32 threads), one at a time, with wrk
     (bench/ledger_transfers.lua, 64 connections), each back to back with the bare Django view on the same
     server; then, on the better server, a run paced at half its maximum, for the p99. 64 connections: the
     group commit answers a request when its batch commits (~10-20 ms under load), so 16 connections cap a
     server near 16 / 20 ms whatever its speed (Little's law); a server at ~1,000 req/s has many more
-    clients than that. (Earlier runs used 16 connections with 4 sync workers, 2 x 8 and 4 x 4.)
+    clients than that. (Earlier runs used 16 connections with 4 sync workers, 2 x 8 and 4 x 4, then gunicorn
+    only, 2 x 32 and 4 x 16.)
 
 Each of (b) uniform, (b) hot and (c) has its own tenant of 1,000 users (senders funded with one
 `sandbox_fund` each), so that `manage.py ledger_verify --tenant ...` after each checks that phase only;
@@ -43,7 +45,7 @@ BENCH_PGBENCH_SECONDS (8), BENCH_PGBENCH_SCALE (10), BENCH_CLIENTS (8: pgbench c
 workers), BENCH_BATCH_SIZES (1,16,64,256), BENCH_USERS (1000), BENCH_ZIPF_S (1.1), BENCH_HTTP_SENDERS (64),
 BENCH_THREADS (2), BENCH_CONNECTIONS (64), BENCH_HTTP_WORKERS (2), BENCH_HTTP_THREADS (32),
 BENCH_PYSPY_DIR (unset; if set, py-spy raw profiles of worker 0 during each service run and of the
-gunicorn workers during each HTTP maximum run go there: summarise them with bench/ledger_profile.py).
+server's workers during each HTTP maximum run go there: summarise them with bench/ledger_profile.py).
 """
 
 from __future__ import annotations
@@ -554,22 +556,25 @@ def http_phase(servers: Servers, env: dict[str, str], bench_tenant: BenchTenant,
     http_probe(bench_tenant, tokens[0], bench_tenant.users[-1].email)
     connections.close_all()
 
-    gunicorn = [sys.executable, "-m", "gunicorn", "--log-level", "warning"]
-    # the threaded shape, and the same thread count spread over twice the workers (sync workers, one request
-    # at a time each, make batches of one: 240 req/s where 2 x 8 threads made 450)
-    kinds = {
-        f"gthread{HTTP_WORKERS}x{HTTP_THREADS}": ["-w", str(HTTP_WORKERS), "-k", "gthread", "--threads",
-                                                  str(HTTP_THREADS)],
-        f"gthread{HTTP_WORKERS * 2}x{max(HTTP_THREADS // 2, 1)}": ["-w", str(HTTP_WORKERS * 2), "-k", "gthread",
-                                                                   "--threads", str(max(HTTP_THREADS // 2, 1))],
-    }
+    # The production web server (granian's WSGI interface: HTTP parsed in Rust, the app in a pool of
+    # blocking threads, docs/ARCHITECTURE.md), and gunicorn's threaded workers, the same shape, for
+    # comparison. Sync workers are not tried: one request at a time each makes batches of one.
+    def argv(name: str, port: int) -> list[str]:
+        if name.startswith("granian"):
+            return [sys.executable, "-m", "granian", "--interface", "wsgi", "--host", "127.0.0.1",
+                    "--port", str(port), "--workers", str(HTTP_WORKERS), "--blocking-threads", str(HTTP_THREADS),
+                    "--log-level", "warning", "wallet.wsgi:application"]
+        return [sys.executable, "-m", "gunicorn", "--log-level", "warning", "-w", str(HTTP_WORKERS),
+                "-k", "gthread", "--threads", str(HTTP_THREADS), "-b", f"127.0.0.1:{port}", "wallet.wsgi:application"]
+
+    kinds = [f"granian{HTTP_WORKERS}x{HTTP_THREADS}", f"gthread{HTTP_WORKERS}x{HTTP_THREADS}"]
+
     # One server at a time: each thread of a server keeps its own database connection, and two servers of
     # 64 threads would pass PostgreSQL's max_connections (100).
     def start(name: str) -> tuple[Any, str]:
         port = free_port()
         base = f"http://127.0.0.1:{port}"
-        server = servers.start(f"gunicorn-{name}", [*gunicorn, *kinds[name], "-b", f"127.0.0.1:{port}",
-                                                    "wallet.wsgi:application"], ready_url=f"{base}/bench/bare/")
+        server = servers.start(name, argv(name, port), ready_url=f"{base}/bench/bare/")
         status, body = http("POST", f"{base}/api/v1/transfers", json_body={
             "recipient": bench_tenant.users[-1].email, "asset": "USD", "amount": "1", "memo": ""},
             headers={"X-App-Key": bench_tenant.app_key, "Authorization": f"Bearer {tokens[0]}",
@@ -613,7 +618,7 @@ def http_phase(servers: Servers, env: dict[str, str], bench_tenant: BenchTenant,
 
     best = max(results, key=lambda name: results[name].rps)
     target = results[best].rps / 2
-    # Few enough connections that none idles past gunicorn's keep-alive (2 s) at low rates, which would
+    # Few enough connections that none idles past the server's keep-alive (gunicorn: 2 s) at low rates, which would
     # close it under wrk (a read error): each connection sends at least every 0.25 s.
     paced_connections = min(CONNECTIONS, max(THREADS, round(target * 0.25)))
     # The best server again, fresh; a warm-up at the paced rate first.
@@ -694,7 +699,7 @@ def run(servers: Servers, work_dir: Path) -> int:
         f"{' and '.join(f'{r.tps:.0f}' for r in best_runs)}), ratio {ratio(service, reference):.3f}; hot: "
         f"{hot_run.tps:.0f} transfers/s at batch size {best_batch}, {ratio(hot_run.tps, again.tps):.3f} of the uniform "
         f"run just before it")
-    say(f"http: gunicorn {server_name}, {http_best.rps:.0f} req/s, p99 at the maximum "
+    say(f"http: {server_name}, {http_best.rps:.0f} req/s, p99 at the maximum "
         f"{http_best.p99_ms:.1f} ms; paced at {paced.rps:.0f} req/s: p99 {paced.p99_ms:.1f} ms")
     say(f"bench-ledger took {time.monotonic() - started:.0f}s; load average at the end {loadavg()}")
     verdict = "ok" if all_ok else "FAILED"
