@@ -14,9 +14,10 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
-from django.db import models
+from django.db import connections, models
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models.base import ModelState
+from django.utils.connection import ConnectionProxy
 
 M = TypeVar("M", bound=models.Model)
 VALUES_MAX_ROWS = 16
@@ -52,6 +53,9 @@ class HotCursor:
     def __init__(self, connection: BaseDatabaseWrapper) -> None:
         import psycopg
 
+        # The wrapper itself, not `django.db.connection`'s proxy: each attribute read through the proxy is
+        # a thread-local lookup, and a batch reads a few dozen.
+        connection = _wrapper(connection)
         self.db = connection
         connection.ensure_connection()
         raw = connection.connection
@@ -127,8 +131,29 @@ class _PlainCursor:
         return getattr(self._cursor, name)
 
 
+def _wrapper(connection: BaseDatabaseWrapper) -> BaseDatabaseWrapper:
+    """The connection wrapper behind `django.db.connection`'s proxy (itself for a wrapper)."""
+    return connections[connection.alias] if isinstance(connection, ConnectionProxy) else connection
+
+
+_HEADERS: dict[tuple[str, type[models.Model], tuple[str, ...]], tuple[str, str]] = {}
+
+
+def _header(connection: BaseDatabaseWrapper, model: type[models.Model], fields: tuple[str, ...]) -> tuple[str, str]:
+    """The quoted table name and column list of `fields` (attribute names) of `model`, for INSERT and COPY
+    (built once per database vendor, model and fields)."""
+    key = (connection.vendor, model, fields)
+    found = _HEADERS.get(key)
+    if found is None:
+        quote = connection.ops.quote_name
+        column_of = {field.attname: field.column for field in model._meta.concrete_fields}
+        found = _HEADERS[key] = (quote(model._meta.db_table), ", ".join(quote(column_of[name]) for name in fields))
+    return found
+
+
 def in_pipeline(connection: BaseDatabaseWrapper) -> bool:
     """Whether `connection` is in psycopg's pipeline mode (see `pipeline`)."""
+    connection = _wrapper(connection)
     raw = connection.connection if connection.vendor == "postgresql" else None
     return raw is not None and raw.pgconn.pipeline_status != 0
 
@@ -142,6 +167,7 @@ def pipeline(connection: BaseDatabaseWrapper) -> Iterator[None]:
     pipeline mode costs a round trip); leaving it costs one (psycopg's closing Sync). Statements that need
     no results (`execute_together`) are sent with the next read. COPY is not available in pipeline mode:
     `copy_rows` inserts with VALUES there. Elsewhere (SQLite) it does nothing."""
+    connection = _wrapper(connection)
     if connection.vendor != "postgresql":
         yield
         return
@@ -156,6 +182,7 @@ def commit_in_pipeline(connection: BaseDatabaseWrapper) -> bool:
     go one round trip sooner). Django's own commit, when the block exits, then finds no transaction open
     and only runs the `on_commit` callbacks. Does nothing (False) outside pipeline mode, inside an inner
     block or a savepoint (a test's transaction), or when the block must roll back."""
+    connection = _wrapper(connection)
     if (not in_pipeline(connection) or len(connection.atomic_blocks) != 1 or connection.savepoint_ids
             or connection.needs_rollback):
         return False
@@ -226,19 +253,17 @@ def copy_rows(connection: BaseDatabaseWrapper, model: type[models.Model], fields
     multi-row INSERT for up to VALUES_MAX_ROWS rows (DEFERRED_VALUES_MAX_ROWS when `defer` is given: the
     INSERT joins the caller's deferred statements), one COPY beyond. Logged like a query when Django logs
     queries."""
-    opts = model._meta
-    quote = connection.ops.quote_name
-    column_of = {field.attname: field.column for field in opts.concrete_fields}
-    columns = ", ".join(quote(column_of[name]) for name in fields)
+    connection = _wrapper(connection)
     rows = rows if isinstance(rows, list) else list(rows)
     if not rows:
         return
+    table, columns = _header(connection, model, tuple(fields))
     if len(rows) <= (DEFERRED_VALUES_MAX_ROWS if defer is not None else VALUES_MAX_ROWS) or in_pipeline(connection):
         # In pipeline mode always: COPY is not available there (`pipeline`).
         # A few rows: one INSERT is one round trip; COPY costs two (the CopyIn handshake, then the data).
         placeholders = "(" + ", ".join(["%s"] * len(fields)) + ")"
         values = ", ".join([placeholders] * len(rows))
-        sql = f"INSERT INTO {quote(opts.db_table)} ({columns}) VALUES {values}"  # noqa: S608 (quoted names)
+        sql = f"INSERT INTO {table} ({columns}) VALUES {values}"  # noqa: S608 (quoted names)
         params = [value for row in rows for value in row]
         if defer is not None:  # the caller runs it later, with others (`execute_together`)
             defer.append((sql, params))
@@ -246,7 +271,7 @@ def copy_rows(connection: BaseDatabaseWrapper, model: type[models.Model], fields
         with hot_cursor(connection) as cursor:
             cursor.execute(sql, params)
         return
-    sql = f"COPY {quote(opts.db_table)} ({columns}) FROM STDIN"
+    sql = f"COPY {table} ({columns}) FROM STDIN"
     with connection.cursor() as cursor:
         debug = cursor.debug_sql(sql) if hasattr(cursor, "debug_sql") else contextlib.nullcontext()
         with debug, cursor.cursor.copy(sql) as copy:
