@@ -106,7 +106,10 @@ class SqlRecorder:
     transaction committed, to tell how long the tenant's ledger head stayed locked.
 
     The time of a statement is that of Django's `execute` (driver and round trip, without the ORM's query
-    building); "in Python" is the rest. A `COPY` goes around Django's execute wrappers (the outbox writes
+    building); "in Python" is the rest. In the group commit's pipeline mode (`bulk.pipeline`) an execute
+    only sends: the wait for the server falls on the read of its rows, counted as Python here, so "SQL
+    execute" undercounts a pipelined batch and "in Python" overcounts it.
+    A `COPY` goes around Django's execute wrappers (the outbox writes
     its events with psycopg's `cursor.copy`), so psycopg's `Cursor.copy` is wrapped as well, in this
     process, while the recorder is active: its time runs from opening the COPY to closing it.
     """
@@ -124,24 +127,26 @@ class SqlRecorder:
         self._connection = connection
         self._wrapper = connection.execute_wrapper(self._record)
         self._wrapper.__enter__()
-        original = connection._commit
-
-        def commit() -> Any:
-            try:
-                return original()
-            finally:
-                self.commit_ends.append(time.perf_counter())
-
-        def commit_timed() -> Any:
-            self.commit_starts.append(time.perf_counter())
-            return commit()
-
-        connection._commit = commit_timed  # this connection object only, for the probe's duration
 
         import psycopg
 
-        self._original_copy = original_copy = psycopg.Cursor.copy
         recorder = self
+        # psycopg's commit, not Django's: the group commit's pipelined batch commits at psycopg's level
+        # (`bulk.commit_in_pipeline`), and Django's commit after it finds no transaction (not timed).
+        self._original_commit = original_commit = psycopg.Connection.commit
+
+        def commit(conn: Any) -> Any:
+            if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE and not conn.pgconn.pipeline_status:
+                return original_commit(conn)
+            recorder.commit_starts.append(time.perf_counter())
+            try:
+                return original_commit(conn)
+            finally:
+                recorder.commit_ends.append(time.perf_counter())
+
+        psycopg.Connection.commit = commit  # this process, for the probe's duration
+
+        self._original_copy = original_copy = psycopg.Cursor.copy
 
         @contextlib.contextmanager
         def copy(cursor: Any, statement: Any, *args: Any, **kwargs: Any) -> Iterator[Any]:
@@ -160,8 +165,8 @@ class SqlRecorder:
         import psycopg
 
         psycopg.Cursor.copy = self._original_copy
+        psycopg.Connection.commit = self._original_commit
         self._wrapper.__exit__(*exc)
-        del self._connection._commit
 
     def _record(self, execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
         started = time.perf_counter()

@@ -48,11 +48,17 @@ def test_the_admin_keeps_its_csrf_protection_and_cookies(db: Any) -> None:
     assert accepted.status_code == 200  # the form again, with its error: past the CSRF check
 
 
-def test_api_answers_set_no_cookie(client_a: Any, user_a: Any) -> None:
-    client_a.login_as(user_a)
-    response = client_a.get("/api/v1/assets")
-    assert response.status_code == 200
-    assert response.cookies == {} and "Cookie" not in response.get("Vary", "")
+def test_a_session_cookie_on_the_api_is_not_read(db: Any) -> None:
+    seen: dict[str, Any] = {}
+
+    def view(request: HttpRequest) -> HttpResponse:
+        seen.update(session=hasattr(request, "session"), user=hasattr(request, "user"))
+        return HttpResponse("ok")
+
+    request = RequestFactory().get("/api/v1/me", HTTP_COOKIE="sessionid=abc; csrftoken=def")
+    response = BrowserMiddleware(view)(request)
+    assert seen == {"session": False, "user": False}
+    assert not response.cookies and "Cookie" not in response.get("Vary", "")
 
 
 def test_a_browser_middleware_with_hooks_it_cannot_run_is_refused(settings: Any) -> None:
@@ -81,3 +87,12 @@ def test_the_system_check_stands_in_for_the_admins(settings: Any) -> None:
     assert [error.id for error in check_browser_middleware()] == ["core.E004", "core.E005"]
     settings.MIDDLEWARE = [path for path in settings.MIDDLEWARE if path != "wallet.core.middleware.BrowserMiddleware"]
     assert [error.id for error in check_browser_middleware()] == ["core.E001", "core.E002", "core.E003", "core.E004"]
+
+
+def test_the_csrf_cookie_deploy_check_stands_in_for_djangos(settings: Any) -> None:
+    from wallet.core.checks import check_csrf_cookie_secure
+
+    settings.CSRF_COOKIE_SECURE = True
+    assert check_csrf_cookie_secure() == []
+    settings.CSRF_COOKIE_SECURE = False
+    assert [warning.id for warning in check_csrf_cookie_secure()] == ["core.W001"]

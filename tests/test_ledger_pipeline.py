@@ -59,24 +59,46 @@ def test_sent_queries_are_read_in_any_order(db: Any) -> None:
 
 
 @on_postgresql
-def test_an_error_in_the_pipeline_reaches_the_caller_and_rolls_back(db: Any, tenant_a: Tenant) -> None:
+@pytest.mark.django_db(transaction=True)
+def test_an_error_in_the_pipeline_reaches_the_caller_and_rolls_back(tenant_a: Tenant) -> None:
     from django.db import DatabaseError
 
+    from wallet.events.models import StreamCursor
+
     with pytest.raises(DatabaseError), transaction.atomic(), pipeline(connection):
+        SentQuery(connection, "INSERT INTO events_streamcursor (tenant_id, stream, last_seq) VALUES (%s, %s, 1)",
+                  [tenant_a.pk, "tenant"])
         SentQuery(connection, "SELECT 1 / %s", [0]).fetchall()
     assert not in_pipeline(connection)
+    assert not StreamCursor.all_tenants.filter(tenant=tenant_a, stream="tenant").exists()
     with connection.cursor() as cursor:  # the connection is usable again
         cursor.execute("SELECT 1")
         assert cursor.fetchone() == (1,)
 
 
 @on_postgresql
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("pipelined", [True, False])
 @pytest.mark.parametrize("count", [3, 40])  # 40: 160 events and 80 postings, past COPY's threshold
-def test_a_pipelined_batch_writes_what_a_plain_one_does(db: Any, tenant_a: Tenant, senders: list[User],
-                                                        count: int) -> None:
+def test_a_pipelined_batch_writes_what_a_plain_one_does(tenant_a: Tenant, senders: list[User], count: int,
+                                                        pipelined: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    from wallet.ledger import services
+
+    if not pipelined:
+        monkeypatch.setattr(groupcommit, "PIPELINE_MAX_JOBS", 0)
+    commits: list[bool] = []
+    real_commit = groupcommit.commit_in_pipeline
+
+    def spy(conn: Any) -> bool:
+        commits.append(real_commit(conn))
+        return commits[-1]
+
+    monkeypatch.setattr(groupcommit, "commit_in_pipeline", spy)
+    services._USER_ACCOUNT_IDS.clear()
     jobs = _jobs(tenant_a, senders[:count], "payee@example.com", "p")
     events_before = OutboxEvent.all_tenants.count()
     outcomes = groupcommit.execute_batch(tenant_a, jobs)
+    assert commits == [pipelined]  # COMMIT went with the last statement
     assert [outcome.status for outcome in outcomes] == [201] * count
     assert Transfer.all_tenants.filter(memo__startswith="p-").count() == count
     # per transfer: transfer.completed for each party, account.balance_changed for each sender; the payee's
@@ -84,9 +106,46 @@ def test_a_pipelined_batch_writes_what_a_plain_one_does(db: Any, tenant_a: Tenan
     assert OutboxEvent.all_tenants.count() - events_before == 3 * count + 1
     assert all(balance(sender)[0] == 1_000 - 7 for sender in senders[:count])
     assert ledger_verify(tenant=tenant_a).ok
-    # replayed from the stored answers, in a pipelined batch too
+    # the on_commit callbacks ran: the payee's account, created by the batch, is cached
+    payee = User.objects.get(tenant=tenant_a, email="payee@example.com")
+    assert any(key[1] == payee.pk for key in services._USER_ACCOUNT_IDS)
+    # replayed from the stored answers
     again = groupcommit.execute_batch(tenant_a, _jobs(tenant_a, senders[:count], "payee@example.com", "p"))
     assert [(o.status, o.body, o.replayed) for o in again] == [(o.status, o.body, True) for o in outcomes]
+
+
+@on_postgresql
+@pytest.mark.django_db(transaction=True)
+def test_a_failing_last_statement_commits_nothing(tenant_a: Tenant, senders: list[User],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last statement and COMMIT share a round trip: when the statement fails, the COMMIT is skipped and
+    the error reaches the batch (which the group committer then retries job by job)."""
+    from django.db import DatabaseError
+
+    from wallet.core.context import all_tenants_scope
+    from wallet.idempotency.models import IdempotencyRecord
+    from wallet.ledger import services
+
+    real = groupcommit.idempotency_complete_many
+
+    def failing(completions: Any, defer: Any = None) -> None:
+        real(completions, defer=defer)
+        defer.append(("UPDATE idempotency_idempotencyrecord SET response_status = 1 / 0 WHERE id = %s",
+                      [completions[0].claim.record_id]))
+
+    monkeypatch.setattr(groupcommit, "idempotency_complete_many", failing)
+    services._USER_ACCOUNT_IDS.clear()
+    with pytest.raises(DatabaseError, match="division by zero"):
+        groupcommit.execute_batch(tenant_a, _jobs(tenant_a, senders[:3], "payee@example.com", "f"))
+    assert not Transfer.all_tenants.filter(memo__startswith="f-").exists()
+    with all_tenants_scope():
+        assert not IdempotencyRecord.objects.filter(key__startswith="f-").exists()
+    assert services._USER_ACCOUNT_IDS == {}  # no on_commit callback ran (read before `balance` fills it)
+    assert all(balance(sender)[0] == 1_000 for sender in senders[:3])
+    assert ledger_verify(tenant=tenant_a).ok
+    monkeypatch.setattr(groupcommit, "idempotency_complete_many", real)
+    outcomes = groupcommit.execute_batch(tenant_a, _jobs(tenant_a, senders[:3], "payee@example.com", "f"))
+    assert [outcome.status for outcome in outcomes] == [201] * 3  # the keys were never stored: they run now
 
 
 def _round_trips(run: Any) -> int:

@@ -1,4 +1,5 @@
-"""WSGI entry point: the production HTTP path (gunicorn gthread workers, persistent DB connections)."""
+"""WSGI entry point: the production HTTP path (granian WSGI workers with blocking threads, or gunicorn
+gthread; persistent database connections)."""
 
 import os
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
@@ -20,6 +21,7 @@ from django.db.models.base import ModelState
 from django.utils.connection import ConnectionProxy
 
 M = TypeVar("M", bound=models.Model)
+logger = logging.getLogger("wallet.core.bulk")
 VALUES_MAX_ROWS = 16
 # Deferred inserts run inside the one statement of `execute_together`: up to this many rows they cost no
 # round trip of their own, where COPY costs two, under the caller's locks (bench-ledger's HTTP batches of
@@ -165,15 +167,36 @@ def pipeline(connection: BaseDatabaseWrapper) -> Iterator[None]:
     before it. A hot path that sends its independent statements before reading any of them (`SentQuery`)
     pays one round trip for all of them. Enter it inside `transaction.atomic()` (changing autocommit in
     pipeline mode costs a round trip); leaving it costs one (psycopg's closing Sync). Statements that need
-    no results (`execute_together`) are sent with the next read. COPY is not available in pipeline mode:
-    `copy_rows` inserts with VALUES there. Elsewhere (SQLite) it does nothing."""
+    no results (`execute_together`) are sent with the next read. Elsewhere (SQLite) it does nothing.
+
+    What differs inside: COPY is not available (`copy_rows` inserts with VALUES); a cursor's `rowcount` is
+    unknown until its results are read (read rows instead: `RETURNING`), so ORM saves and updates that
+    count rows must not run here; a failed statement aborts everything after it until the next Sync, so no
+    savepoint can recover from it. If the closing Sync fails after `commit_in_pipeline` committed, the
+    error is logged, not raised: the transaction's effects are durable and its callers must see success."""
     connection = _wrapper(connection)
     if connection.vendor != "postgresql":
         yield
         return
     connection.ensure_connection()
-    with connection.wrap_database_errors, connection.connection.pipeline():
-        yield
+    body_failed = False
+    connection.__dict__[_COMMITTED_IN_PIPELINE] = False
+    try:
+        with connection.wrap_database_errors, connection.connection.pipeline():
+            try:
+                yield
+            except BaseException:
+                body_failed = True
+                raise
+    except Exception:
+        if body_failed or not connection.__dict__.get(_COMMITTED_IN_PIPELINE):
+            raise
+        logger.warning("closing a pipeline failed after its COMMIT succeeded", exc_info=True)
+    finally:
+        connection.__dict__.pop(_COMMITTED_IN_PIPELINE, None)
+
+
+_COMMITTED_IN_PIPELINE = "_bulk_committed_in_pipeline"
 
 
 def commit_in_pipeline(connection: BaseDatabaseWrapper) -> bool:
@@ -181,13 +204,15 @@ def commit_in_pipeline(connection: BaseDatabaseWrapper) -> bool:
     the statements not yet sent, so that they and the COMMIT share one round trip (the transaction's locks
     go one round trip sooner). Django's own commit, when the block exits, then finds no transaction open
     and only runs the `on_commit` callbacks. Does nothing (False) outside pipeline mode, inside an inner
-    block or a savepoint (a test's transaction), or when the block must roll back."""
+    block or a savepoint (a test's transaction), or when the block must roll back. Call it last in the block:
+    a statement after it would run in a new transaction."""
     connection = _wrapper(connection)
     if (not in_pipeline(connection) or len(connection.atomic_blocks) != 1 or connection.savepoint_ids
-            or connection.needs_rollback):
+            or connection.needs_rollback or not connection.commit_on_exit):
         return False
     with connection.wrap_database_errors:
         connection.connection.commit()
+    connection.__dict__[_COMMITTED_IN_PIPELINE] = True
     return True
 
 

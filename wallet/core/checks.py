@@ -36,3 +36,15 @@ def check_browser_middleware(app_configs: Any = None, **kwargs: Any) -> list[che
             errors.append(checks.Error("BROWSER_MIDDLEWARE must list sessions, then authentication, then messages.",
                                        id="core.E005"))
     return errors
+
+
+@checks.register(checks.Tags.security, deploy=True)
+def check_csrf_cookie_secure(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """Django's own deploy check of the CSRF cookie (security.W016) runs only with the CSRF middleware in
+    MIDDLEWARE; with it in BROWSER_MIDDLEWARE, this one does its job."""
+    if _CSRF in getattr(settings, "BROWSER_MIDDLEWARE", ()) and not settings.CSRF_USE_SESSIONS \
+            and not settings.CSRF_COOKIE_SECURE:
+        return [checks.Warning("CSRF_COOKIE_SECURE is not True: the admin's CSRF cookie may be sent over HTTP.",
+                               hint="Set CSRF_COOKIE_SECURE = True (wallet.settings.production does).",
+                               id="core.W001")]
+    return []

@@ -5,7 +5,7 @@ One `GroupCommitter` per tenant and process. A request thread prepares its job (
 fingerprint, and the validated order, with the recipient still a text, or the refusal found while
 validating) and submits it. If no batch of its tenant is running, the thread leads: it takes every job
 queued so far (up to `BATCH_MAX`), and in one transaction claims all their keys (one statement), finds
-all their recipients and the parties' accounts (one query: `selectors.transfer_parties_find`), executes
+all their recipients and the parties' accounts (one query: `selectors.transfer_parties_send`), executes
 all their transfers (`transfers_execute`: one lock of the accounts, one write of each table), stores
 every response under its key (one statement) and commits; then it hands the outcome to each waiting
 thread and, if more jobs queued up meanwhile, hands the lead to the oldest of them. While a batch runs,

@@ -173,7 +173,7 @@ def transfers_execute(
     Each request succeeds or is refused on its own (insufficient funds, limits); the result list matches
     the request list. Nothing is visible to anyone before the caller's transaction commits.
     `known_accounts`: user account ids by (user id, asset id) that the caller read in its transaction
-    (`selectors.transfer_parties_find`); they are not looked up again, and cached once it commits.
+    (`selectors.transfer_parties_send`); they are not looked up again, and cached once it commits.
     `before_flush(results, defer)`: called with the results once every transfer is decided, before the
     ledger head is locked; statements it appends to `defer` (None: not PostgreSQL) run with the ledger's
     last one (the group commit stores its answers so).

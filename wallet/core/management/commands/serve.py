@@ -1,7 +1,7 @@
 """`manage.py serve`: the whole product in one process (the embedded default of `make run`).
 
 HTTP and websockets through uvicorn on the ASGI application, periodic tasks in process. Ctrl-C stops it
-all. Production runs gunicorn (HTTP), daphne/uvicorn (websockets), Celery workers and beat instead.
+all. Production runs granian (HTTP, WSGI), daphne/uvicorn (websockets), Celery workers and beat instead.
 """
 
 from __future__ import annotations
