@@ -184,3 +184,35 @@ def test_a_pipelined_batch_takes_fewer_round_trips(tenant_a: Tenant, senders: li
     assert [outcome.status for outcome in outcomes] == [201] * 6
     assert (pipelined, plain) == (6, 8)
     assert ledger_verify(tenant=tenant_a).ok
+
+
+@on_postgresql
+@pytest.mark.django_db(transaction=True)
+def test_a_closing_sync_that_fails_after_commit_keeps_the_batch(tenant_a: Tenant, senders: list[User],
+                                                                monkeypatch: pytest.MonkeyPatch,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    """The COMMIT went through: an error leaving pipeline mode afterwards must not turn the batch into a
+    rollback (Django's) and a retry (the group committer's)."""
+    real_exit = psycopg.Pipeline.__exit__
+
+    def failing_exit(self: psycopg.Pipeline, *exc: Any) -> None:
+        real_exit(self, *exc)
+        raise psycopg.OperationalError("the connection broke after COMMIT")
+
+    monkeypatch.setattr(psycopg.Pipeline, "__exit__", failing_exit)
+    with caplog.at_level("WARNING", logger="wallet.core.bulk"):
+        outcomes = groupcommit.execute_batch(tenant_a, _jobs(tenant_a, senders[:3], "payee@example.com", "s"))
+    assert [outcome.status for outcome in outcomes] == [201] * 3
+    assert "closing a pipeline failed after its COMMIT succeeded" in caplog.text
+    monkeypatch.setattr(psycopg.Pipeline, "__exit__", real_exit)
+    assert Transfer.all_tenants.filter(memo__startswith="s-").count() == 3
+    assert ledger_verify(tenant=tenant_a).ok
+    # before the COMMIT, the same failure is the batch's
+    monkeypatch.setattr(psycopg.Pipeline, "__exit__", failing_exit)
+    monkeypatch.setattr(groupcommit, "commit_in_pipeline", lambda connection: False)
+    from django.db import DatabaseError
+
+    with pytest.raises(DatabaseError, match="broke after COMMIT"):
+        groupcommit.execute_batch(tenant_a, _jobs(tenant_a, senders[3:6], "payee@example.com", "t"))
+    monkeypatch.setattr(psycopg.Pipeline, "__exit__", real_exit)
+    assert not Transfer.all_tenants.filter(memo__startswith="t-").exists()

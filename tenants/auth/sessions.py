@@ -17,7 +17,7 @@ from django.utils import timezone
 from tenants.auth.jwt import issue_access_token, verify_access_token
 from tenants.errors import RefreshTokenReused, TokenInvalid, TokenRevoked, TokenTenantMismatch
 from tenants.models import AuthSession, RefreshToken, Tenant, User
-from wallet.core.bulk import hot_cursor, loaded
+from wallet.core.bulk import hot_cursor, model_from_row
 
 
 @dataclass(frozen=True)
@@ -176,15 +176,14 @@ class _AuthStateCache:
 auth_state_cache = _AuthStateCache()
 
 _LIVE_USER_SQL: str | None = None
-_LIVE_USER_CONVERTERS: list[tuple[str, Any, list[Any]]] | None = None
 
 
 def _user_with_live_session(*, user_id: str, tenant: Tenant, session_id: str) -> User | None:
     """The active user of `tenant` with `session_live` set, in one pre-built query, built into a model
     instance as the ORM would (this runs for each active token about every AUTH_CACHE_SECONDS per process;
     building the query, then the instance, through the ORM cost more than executing it)."""
-    global _LIVE_USER_SQL, _LIVE_USER_CONVERTERS
-    if _LIVE_USER_SQL is None or _LIVE_USER_CONVERTERS is None:
+    global _LIVE_USER_SQL
+    if _LIVE_USER_SQL is None:
         user_table = connection.ops.quote_name(User._meta.db_table)
         session_table = connection.ops.quote_name(AuthSession._meta.db_table)
         columns = ", ".join(f"u.{connection.ops.quote_name(f.column)}" for f in User._meta.concrete_fields)
@@ -193,12 +192,6 @@ def _user_with_live_session(*, user_id: str, tenant: Tenant, session_id: str) ->
             f" AND s.revoked_at IS NULL) AS session_live FROM {user_table} u"
             " WHERE u.id = %s AND u.tenant_id = %s AND u.is_active"
         )
-        converters = []
-        for field in User._meta.concrete_fields:
-            col = field.get_col(User._meta.db_table)
-            converters.append((field.attname, col, connection.ops.get_db_converters(col)
-                               + field.get_db_converters(connection)))
-        _LIVE_USER_CONVERTERS = converters
     pk = User._meta.pk
     try:
         params = [pk.get_db_prep_value(pk.to_python(value), connection)
@@ -210,12 +203,7 @@ def _user_with_live_session(*, user_id: str, tenant: Tenant, session_id: str) ->
         row = cursor.fetchone()
     if row is None:
         return None
-    values = {}
-    for (attname, col, field_converters), raw in zip(_LIVE_USER_CONVERTERS, row, strict=False):
-        for converter in field_converters:
-            raw = converter(raw, col, connection)
-        values[attname] = raw
-    user = loaded(User, connection.alias, values)
+    user = model_from_row(connection, User, User._meta.concrete_fields, row[:-1])
     user.session_live = bool(row[-1])
     return user
 

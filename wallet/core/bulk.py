@@ -160,6 +160,10 @@ def in_pipeline(connection: BaseDatabaseWrapper) -> bool:
     return raw is not None and raw.pgconn.pipeline_status != 0
 
 
+# Set on the connection wrapper by `commit_in_pipeline`, read by `pipeline` as it closes.
+_COMMITTED_IN_PIPELINE = "_bulk_committed_in_pipeline"
+
+
 @contextlib.contextmanager
 def pipeline(connection: BaseDatabaseWrapper) -> Iterator[None]:
     """PostgreSQL: run the block in psycopg's pipeline mode, where a statement is sent without waiting for
@@ -194,9 +198,6 @@ def pipeline(connection: BaseDatabaseWrapper) -> Iterator[None]:
         logger.warning("closing a pipeline failed after its COMMIT succeeded", exc_info=True)
     finally:
         connection.__dict__.pop(_COMMITTED_IN_PIPELINE, None)
-
-
-_COMMITTED_IN_PIPELINE = "_bulk_committed_in_pipeline"
 
 
 def commit_in_pipeline(connection: BaseDatabaseWrapper) -> bool:
@@ -317,3 +318,29 @@ def loaded(model: type[M], alias: str, values: dict[str, Any], related: dict[str
         state.fields_cache = dict(related)
     obj._state = state
     return obj
+
+
+_ROW_CONVERTERS: dict[tuple[str, type[models.Model], tuple[str, ...]], list[tuple[str, Any, list[Any]]]] = {}
+
+
+def model_from_row(connection: BaseDatabaseWrapper, model: type[M], fields: Sequence[models.Field[Any, Any]],
+                   row: Sequence[Any], related: dict[str, Any] | None = None) -> M:
+    """A model instance from a raw row of `fields` (concrete fields of `model`, in the row's order), as the
+    ORM builds one: each value through the backend's and the field's converters (looked up once per
+    database alias, model and fields), then `loaded`."""
+    connection = _wrapper(connection)
+    key = (connection.alias, model, tuple(field.attname for field in fields))
+    converters = _ROW_CONVERTERS.get(key)
+    if converters is None:
+        converters = []
+        for field in fields:
+            col = field.get_col(model._meta.db_table)
+            converters.append((field.attname, col,
+                               connection.ops.get_db_converters(col) + field.get_db_converters(connection)))
+        _ROW_CONVERTERS[key] = converters
+    values = {}
+    for (attname, col, field_converters), raw in zip(converters, row, strict=True):
+        for converter in field_converters:
+            raw = converter(raw, col, connection)
+        values[attname] = raw
+    return loaded(model, connection.alias, values, related)

@@ -15,7 +15,7 @@ from django.db.models import Q, QuerySet
 
 from tenants.models import Tenant, User
 from tenants.scoping import access_by_id
-from wallet.core.bulk import SentQuery, loaded
+from wallet.core.bulk import SentQuery, model_from_row
 from wallet.ledger.errors import AssetNotEnabled, UnknownAsset
 from wallet.ledger.models import Account, Asset, Hold, Posting, TenantAsset, Transfer
 
@@ -142,23 +142,6 @@ _PARTIES_SQL = _PARTIES_SQL_TEMPLATE.format(emails="= ANY(%s::text[])", handles=
                                             senders="= ANY(%s::uuid[])", assets="= ANY(%s::uuid[])")
 
 
-_CONVERTERS: dict[str, list[tuple[str, Any, list[Any]]]] = {}
-
-
-def _user_converters(connection: Any) -> list[tuple[str, Any, list[Any]]]:
-    """Per database alias, once: each user column's attribute name, expression and value converters (what
-    the ORM applies when it builds a model from a row)."""
-    found = _CONVERTERS.get(connection.alias)
-    if found is None:
-        found = []
-        for field in _USER_FIELDS:
-            col = field.get_col(User._meta.db_table)
-            found.append((field.attname, col,
-                          connection.ops.get_db_converters(col) + field.get_db_converters(connection)))
-        _CONVERTERS[connection.alias] = found
-    return found
-
-
 def recipient_lookup(text: str) -> tuple[str, str]:
     """How a transfer's `recipient` text is looked up: ("email", lowered) when it has an @ after its first
     character, else ("handle", lowered, without a leading @)."""
@@ -223,8 +206,7 @@ class PendingParties:
         assert self._sent is not None, "result() reads the parties once"
         rows, self._sent = self._sent.fetchall(), None
         tenant, lookups, connection = self._tenant, self._lookups, self._connection
-        converters = _user_converters(connection)
-        width = len(converters)
+        width = len(_USER_FIELDS)
         wanted = {lookup for lookup in lookups.values() if lookup[1]}  # non-empty emails and handles
         by_key: dict[tuple[str, str], User] = {}
         accounts: dict[tuple[UUID, UUID], UUID] = {}
@@ -241,12 +223,7 @@ class PendingParties:
                 keys = []
             if not keys:  # a sender only (or inactive): no user object needed
                 continue
-            values = {}
-            for (attname, col, field_converters), raw in zip(converters, row[:width], strict=True):
-                for converter in field_converters:
-                    raw = converter(raw, col, connection)
-                values[attname] = raw
-            user = loaded(User, connection.alias, values, {"tenant": tenant})
+            user = model_from_row(connection, User, _USER_FIELDS, row[:width], {"tenant": tenant})
             for key in keys:
                 by_key[key] = user
         recipients = {text: by_key[lookup] for text, lookup in lookups.items() if lookup in by_key}

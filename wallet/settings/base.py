@@ -145,8 +145,8 @@ else:
     # (`wallet.core.bulk.HotCursor`; Django's own cursors never prepare). With array parameters PostgreSQL
     # otherwise keeps planning some of them again at every execution: the group commit's parties query
     # spent 0.24 ms planning for 0.06 ms executing, in every batch. Set at connection start: no round trip.
-    options = DATABASES["default"].setdefault("OPTIONS", {})
-    options["options"] = f"{options.get('options', '')} -c plan_cache_mode=force_generic_plan".strip()
+    _db_options = DATABASES["default"].setdefault("OPTIONS", {})
+    _db_options["options"] = f"{_db_options.get('options', '')} -c plan_cache_mode=force_generic_plan".strip()
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis, cache, channel layer, Celery -----------------------------------------------------------------
