@@ -16,6 +16,7 @@ from tenants.auth.sessions import auth_state_cache, session_start
 from tenants.models import Membership, Tenant, User
 from tenants.selectors import app_key_cache
 from tests.factories import TenantFactory, UserFactory
+from wallet.ledger.groupcommit import committers_stop
 
 
 @pytest.fixture(autouse=True)
@@ -31,6 +32,8 @@ def _fast_and_isolated(settings: Any) -> Iterator[None]:
     auth_state_cache.clear()
     yield
     cache.clear()
+    # Transfer committer threads keep a connection to the test database: end them with their test.
+    committers_stop()
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -362,3 +362,46 @@ def test_a_commit_with_events_notifies_the_relay_once_and_a_rollback_not_at_all(
             events_emit(tenant=tenant_a, events=[EventSpec(tenant_stream(tenant_a), "tenant.three", {})])
             raise RuntimeError("rolled back")
         assert received(0.5) == 0
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="deferred writes and LISTEN/NOTIFY are PostgreSQL's")
+def test_deferred_events_take_their_seqs_from_the_cursor_upsert_and_notify_once(tenant_a: Tenant,
+                                                                                user_a: User) -> None:
+    """With `defer` and `returning=False` (the ledger's way), the cursors' upsert and the insert are appended to
+    the caller's statements: nothing runs before `execute_together`, then one statement writes both, each
+    event's seq read from its stream's upsert, and the NOTIFY goes with it."""
+    import psycopg
+
+    from wallet.core.bulk import execute_together
+    from wallet.events import conf
+
+    mine, everyone = user_stream(user_a.pk), tenant_stream(tenant_a.pk)
+    emit(tenant_a, EventSpec(mine, "before", {}))  # the stream's cursor exists: its upsert updates it
+    params = connection.get_connection_params()
+    with psycopg.connect(**{k: v for k, v in params.items() if k != "cursor_factory"}, autocommit=True) as listener:
+        listener.execute(f"LISTEN {conf.notify_channel()}")
+        with transaction.atomic():
+            deferred: list[Any] = []
+            rows = events_emit(tenant=tenant_a, returning=False, defer=deferred, events=[
+                EventSpec(mine, "a.one", {"n": 1}), EventSpec(everyone, "t.one", {"big": 2**70}),
+                EventSpec(mine, "a.two", {"n": 2}), EventSpec(mine, "a.three", {"n": 3})])
+            assert rows == [] and OutboxEvent.all_tenants.count() == 1  # nothing ran yet
+            execute_together(connection, [("SELECT 1 WHERE false", []), *deferred])
+        assert sum(1 for _ in listener.notifies(timeout=1.0)) == 1
+    stored = list(OutboxEvent.all_tenants.filter(tenant=tenant_a).order_by("stream", "seq")
+                  .values_list("stream", "seq", "type", "data"))
+    assert sorted(stored) == sorted([
+        (mine, 1, "before", {}), (mine, 2, "a.one", {"n": 1}), (mine, 3, "a.two", {"n": 2}),
+        (mine, 4, "a.three", {"n": 3}), (everyone, 1, "t.one", {"big": 2**70})])
+    assert dict(StreamCursor.all_tenants.filter(tenant=tenant_a).values_list("stream", "last_seq")) == {
+        mine: 4, everyone: 1}
+
+
+@pytest.mark.django_db
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="deferred writes are PostgreSQL's")
+def test_a_named_statement_alone_is_refused() -> None:
+    from wallet.core.bulk import NamedStatement, execute_together
+
+    with pytest.raises(ValueError, match="named statement alone"):
+        execute_together(connection, [NamedStatement("SELECT 1", [], "x")])

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import threading
+import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -236,18 +238,105 @@ def test_an_error_of_a_job_alone_is_a_500_and_nothing_is_stored(tenant_a: Tenant
     assert balance(payers[0])[0] == 10_000 - 100
 
 
-@pytest.mark.django_db
+def _job(key: str) -> groupcommit.TransferJob:
+    user = User(pk=uuid.uuid4())
+    return groupcommit.TransferJob(
+        claim=groupcommit.ClaimRequest(user=user, key=key, fingerprint="f", method="POST",
+                                       path="/api/v1/transfers"), viewer=user)
+
+
 def test_a_request_no_batch_takes_in_time_leaves_the_queue_and_answers_503(
-        tenant_a: Tenant, payers: list[User], settings: Any) -> None:
-    """A leader that hangs (here: one that never runs) must not hold the others forever."""
+        settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A committer that hangs (here: in its first batch) must not hold the others forever."""
     settings.LEDGER_GROUP_COMMIT_WAIT_SECONDS = 0.2
+    started, release = threading.Event(), threading.Event()
+    batches: list[list[str]] = []
+
+    def hanging(tenant: Tenant, jobs: list[Any]) -> list[Any]:
+        batches.append([job.claim.key for job in jobs])
+        started.set()
+        release.wait(10)
+        return [groupcommit.Outcome(status=201)] * len(jobs)
+
+    monkeypatch.setattr(groupcommit, "execute_batch", hanging)
+    tenant = Tenant(pk=uuid.uuid4())
     committer = groupcommit.GroupCommitter()
-    committer._running = True  # a leader is busy elsewhere and never comes back
-    job = groupcommit.TransferJob(
-        claim=groupcommit.ClaimRequest(user=payers[0], key="stuck", fingerprint="f", method="POST",
-                                       path="/api/v1/transfers"), viewer=payers[0])
-    outcome = committer.submit(tenant_a, job)
+    outcomes: list[Any] = []
+    thread = threading.Thread(target=lambda: outcomes.append(committer.submit(tenant, _job("first"))))
+    thread.start()
+    try:
+        assert started.wait(10)
+        outcome = committer.submit(tenant, _job("stuck"))
+    finally:
+        release.set()
+        thread.join(10)
     assert isinstance(outcome.error, groupcommit.TransferQueueTimeout)
     assert outcome.error.status == 503 and outcome.error.headers["Retry-After"] == "1"
-    assert list(committer._queue) == []  # it left the queue: no later leader will run it
-    assert Transfer.all_tenants.count() == 0
+    assert list(committer._queue) == []  # it left the queue: no later batch will run it
+    assert outcomes[0].status == 201
+    committer.stop(10)
+    assert batches == [["first"]]
+
+
+def test_the_committer_thread_takes_what_queued_while_a_batch_ran_and_ends_when_idle(
+        settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings.LEDGER_GROUP_COMMIT_IDLE_SECONDS = 0.2
+    first_started, release = threading.Event(), threading.Event()
+    batches: list[list[str]] = []
+    threads_seen: set[str] = set()
+
+    def recording(tenant: Tenant, jobs: list[Any]) -> list[Any]:
+        batches.append(sorted(job.claim.key for job in jobs))
+        threads_seen.add(threading.current_thread().name)
+        if len(batches) == 1:
+            first_started.set()
+            release.wait(10)
+        return [groupcommit.Outcome(status=200 + len(jobs))] * len(jobs)
+
+    monkeypatch.setattr(groupcommit, "execute_batch", recording)
+    tenant = Tenant(pk=uuid.uuid4())
+    committer = groupcommit.GroupCommitter()
+    outcomes: dict[str, Any] = {}
+
+    def submit(key: str) -> threading.Thread:
+        thread = threading.Thread(target=lambda: outcomes.__setitem__(key, committer.submit(tenant, _job(key))))
+        thread.start()
+        return thread
+
+    threads = [submit("a")]
+    assert first_started.wait(10)
+    threads += [submit(key) for key in ("b", "c", "d")]
+    deadline = time.monotonic() + 10
+    while len(committer._queue) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    release.set()
+    for thread in threads:
+        thread.join(10)
+    assert batches == [["a"], ["b", "c", "d"]]
+    assert {key: outcome.status for key, outcome in outcomes.items()} == {"a": 201, "b": 203, "c": 203, "d": 203}
+    assert threads_seen == {"transfer-committer"}
+    serving = committer._thread
+    assert serving is not None
+    serving.join(5)  # idle for LEDGER_GROUP_COMMIT_IDLE_SECONDS: it ends
+    assert not serving.is_alive() and committer._thread is None
+    assert committer.submit(tenant, _job("e")).status == 201  # a new thread starts
+    committer.stop(10)
+    assert committer._thread is None
+
+
+@pytest.mark.django_db
+def test_a_transfer_submitted_inside_a_transaction_runs_there_alone(
+        tenant_a: Tenant, payers: list[User], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The caller's transaction is not the committer's to commit: the job runs in it, in the caller's thread."""
+    threads: list[str] = []
+    real = groupcommit.execute_batch
+
+    def recording(tenant: Tenant, jobs: list[Any]) -> list[Any]:
+        threads.append(threading.current_thread().name)
+        return real(tenant, jobs)
+
+    monkeypatch.setattr(groupcommit, "execute_batch", recording)
+    client = signed_in_clients(tenant_a, payers[0], 1)[0]
+    assert _post(client, "inside").status_code == 201
+    assert threads == [threading.current_thread().name]
+    assert groupcommit.committer_for(tenant_a)._thread is None

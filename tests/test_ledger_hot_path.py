@@ -204,3 +204,31 @@ def test_an_empty_handle_names_nobody(tenant_a: Tenant) -> None:
     User.objects.filter(pk=sender.pk).update(handle="")
     parties = selectors.transfer_parties_find(tenant=tenant_a, texts=["@", "@@", " "], sender_ids=[sender.pk])
     assert parties.recipients == {}
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="row locks are PostgreSQL's")
+def test_accounts_are_locked_before_the_ledger_head_and_the_locked_rows_need_no_timestamps(tenant_a: Tenant) -> None:
+    """Every ledger transaction locks accounts, then the head, then the stream cursors: an account asked for
+    once the head is locked is refused (it could deadlock with a transfer batch)."""
+    from tests.ledger_helpers import account
+    from wallet.ledger.engine import LedgerBatch
+
+    enable(tenant_a, "USD")
+    first, second = UserFactory(tenant=tenant_a), UserFactory(tenant=tenant_a)
+    fund(first, 500)
+    fund(second, 1)
+    mine_id, theirs_id = account(first).pk, account(second).pk
+    with transaction.atomic():
+        batch = LedgerBatch(tenant_a)
+        with CaptureQueriesContext(connection) as queries:
+            locked = batch.lock([mine_id], head=True)
+        assert batch.head is not None and batch.head.seq >= 2  # the two fundings' entries
+        lock_sql = queries.captured_queries[0]["sql"]
+        assert "FOR UPDATE" in lock_sql and "created_at" not in lock_sql
+        assert "ledger_ledgerhead" in queries.captured_queries[1]["sql"] and len(queries.captured_queries) == 2
+        mine = locked[mine_id]
+        assert (mine.posted, mine.held, mine.asset.code) == (500, 0, "USD")
+        assert mine.get_deferred_fields() == {"created_at", "updated_at"}
+        batch.lock([mine_id])  # already locked: nothing to do
+        with pytest.raises(RuntimeError, match="before the ledger head"):
+            batch.lock([theirs_id])

@@ -6,6 +6,7 @@ the DRF view."""
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 
 import pytest
@@ -265,22 +266,40 @@ def test_errors_after_queueing_are_rendered_by_the_fast_path_as_by_the_drf_view(
     assert fast["Allow"] == drf["Allow"]
 
 
+@pytest.mark.django_db(transaction=True)
 def test_a_request_no_batch_takes_in_time_answers_503_with_retry_after_by_the_fast_path(
-        client: AppClient, tenant_a: Tenant, paths: list[str], settings: Any) -> None:
+        client: AppClient, tenant_a: Tenant, alice: User, paths: list[str], settings: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     from wallet.ledger import groupcommit
 
     settings.LEDGER_GROUP_COMMIT_WAIT_SECONDS = 0.2
-    committer = groupcommit.committer_for(tenant_a)
-    committer._running = True  # a leader is busy elsewhere and never comes back
+    started, release = threading.Event(), threading.Event()
+    real = groupcommit.execute_batch
+
+    def hanging_once(tenant: Tenant, jobs: list[Any]) -> list[Any]:
+        if not started.is_set():  # the committer hangs in its first batch (a dead connection, say)
+            started.set()
+            release.wait(10)
+        return real(tenant, jobs)
+
+    monkeypatch.setattr(groupcommit, "execute_batch", hanging_once)
+    first: list[Any] = []
+    other = AppClient(app_key_of(tenant_a))
+    other.login_as(alice)
+    thread = threading.Thread(target=lambda: first.append(_post(other, {**GOOD, "amount": "1"}, "first")))
+    thread.start()
     try:
+        assert started.wait(10)
         response = _post(client, GOOD, "stuck")
     finally:
-        committer._running = False
-    assert paths == ["fast"]
+        release.set()
+        thread.join(10)
+    assert paths == ["fast", "fast"]
     assert response.status_code == 503 and response["Retry-After"] == "1"
     assert json.loads(response.content)["code"] == "transfer_queue_timeout"
     assert response["Content-Type"] == "application/problem+json"
-    assert Transfer.all_tenants.count() == 0
+    assert first[0].status_code == 201  # the hung batch ends, and answers
+    assert list(Transfer.all_tenants.values_list("memo", "amount")) == [("lunch", 1)]
     again = _post(client, GOOD, "stuck")  # nothing was stored: the retry runs
     assert again.status_code == 201 and not again.get("Idempotent-Replayed")
 

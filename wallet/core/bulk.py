@@ -13,7 +13,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from django.db import connections, models
 from django.db.backends.base.base import BaseDatabaseWrapper
@@ -30,6 +30,19 @@ DEFERRED_VALUES_MAX_ROWS = 64
 
 
 Statement = tuple[str, list[Any]]
+
+
+class NamedStatement(NamedTuple):
+    """A deferred statement whose rows (`RETURNING`) later statements of the same `execute_together` read
+    under `name` (a common table expression of the combined statement)."""
+
+    sql: str
+    params: list[Any]
+    name: str
+
+
+# What a caller's `defer` list holds, run by `execute_together`.
+Deferrable = Statement | NamedStatement
 # Statements longer than this are not prepared (their shape rarely repeats: a batch's row counts).
 PREPARE_MAX_LENGTH = 8000
 _NEVER_BY_COUNT = 2**31 - 1
@@ -253,18 +266,23 @@ class SentQuery:
             self._context.__exit__(None, None, None)
 
 
-def execute_together(connection: BaseDatabaseWrapper, statements: Sequence[Statement]) -> None:
+def execute_together(connection: BaseDatabaseWrapper, statements: Sequence[Deferrable]) -> None:
     """PostgreSQL: run data-modifying statements (INSERT/UPDATE without RETURNING) as one statement, one
     round trip: `WITH s1 AS (...), s2 AS (...) SELECT 1`. They see one snapshot and each runs exactly once,
-    so they must not depend on each other's rows (deferred foreign keys are checked at commit)."""
+    so they must not depend on each other's rows (deferred foreign keys are checked at commit), except
+    through a `NamedStatement`'s `RETURNING` rows, which a later statement reads by its name."""
     if not statements:
         return
     if len(statements) == 1:
+        if isinstance(statements[0], NamedStatement):
+            raise ValueError("a named statement alone: nothing reads its rows")
         sql, params = statements[0]
         prepare = None  # the default: prepared when short
     else:
-        sql = "WITH " + ", ".join(f"s{i} AS ({text})" for i, (text, _) in enumerate(statements)) + " SELECT 1"
-        params = [value for _, values in statements for value in values]
+        sql = "WITH " + ", ".join(
+            f"{statement.name if isinstance(statement, NamedStatement) else f's{i}'} AS ({statement[0]})"
+            for i, statement in enumerate(statements)) + " SELECT 1"
+        params = [value for statement in statements for value in statement[1]]
         # Not prepared: its shape changes with every batch's row counts, and past psycopg's 100 prepared
         # statements per connection each new shape would evict one with a DEALLOCATE round trip.
         prepare = False
@@ -273,7 +291,7 @@ def execute_together(connection: BaseDatabaseWrapper, statements: Sequence[State
 
 
 def copy_rows(connection: BaseDatabaseWrapper, model: type[models.Model], fields: Sequence[str],
-              rows: Iterable[Sequence[Any]], defer: list[Statement] | None = None) -> None:
+              rows: Iterable[Sequence[Any]], defer: list[Deferrable] | None = None) -> None:
     """PostgreSQL: insert `rows` (tuples of database-ready values, in the order of `fields`, given by
     attribute name such as `tenant_id`) into the model's table inside the caller's transaction: one
     multi-row INSERT for up to VALUES_MAX_ROWS rows (DEFERRED_VALUES_MAX_ROWS when `defer` is given: the

@@ -29,7 +29,15 @@ from django.db.models import F, OuterRef, Subquery
 from django.utils import timezone
 
 from tenants.models import Tenant
-from wallet.core.bulk import SentQuery, Statement, copy_rows, loaded
+from wallet.core.bulk import (
+    DEFERRED_VALUES_MAX_ROWS,
+    Deferrable,
+    NamedStatement,
+    SentQuery,
+    copy_rows,
+    in_pipeline,
+    loaded,
+)
 from wallet.core.ids import uuid7
 from wallet.events import conf
 from wallet.events.models import OutboxEvent, StreamCursor
@@ -92,15 +100,15 @@ class EventSpec:
 
 
 def events_emit(*, tenant: Tenant, events: Sequence[EventSpec], returning: bool = True,
-                defer: list[Statement] | None = None,
-                before_read: Callable[[], None] | None = None) -> list[OutboxEvent]:
+                defer: list[Deferrable] | None = None) -> list[OutboxEvent]:
     """Write `events` of `tenant` to the outbox, in the caller's open transaction, and return the rows
     (with `returning=False`, on PostgreSQL, an empty list: the ledger's hot path does not read them).
-    With `defer` (PostgreSQL), a small insert of the events is appended there for the caller to run with
-    its other writes (`wallet.core.bulk.execute_together`) before the transaction commits.
-    `before_read` is called once the stream cursors' upsert is sent, before its result is read: a statement
-    it sends runs right after the upsert, and in a `bulk.pipeline` shares its round trip (the ledger sends
-    its head's lock so). Not called when there are no events.
+    With `defer` (PostgreSQL), the writes are appended there for the caller to run with its other writes
+    (`wallet.core.bulk.execute_together`) before the transaction commits: with `returning=False` and as
+    many events as one INSERT takes (`copy_rows`' rule), both the cursors' upsert and the events' insert
+    (which reads its sequence numbers from the upsert's rows): no round trip of their own, and the cursors
+    are locked there, at the end of the caller's transaction; otherwise the upsert runs now and the insert
+    alone is deferred.
 
     Each stream's events get the next sequence numbers of that (tenant, stream), consecutive in the order
     given, starting at 1 for a new stream. The stream cursors are bumped with one upsert in sorted stream
@@ -125,7 +133,13 @@ def events_emit(*, tenant: Tenant, events: Sequence[EventSpec], returning: bool 
 
     counts, encoded = _validate(tenant, events)
     notify = _notify_channel(connection)
-    last_seqs = _bump_cursors(connection, tenant, counts, notify, before_read)
+    if (defer is not None and not returning and connection.vendor == "postgresql"
+            and (len(events) <= DEFERRED_VALUES_MAX_ROWS or in_pipeline(connection))):
+        _defer_events(defer, tenant, events, counts, encoded, notify)
+        _wake_relay_after_commit(connection, alias, notified=notify is not None)
+        _remember_streams(connection, tenant, counts)
+        return []
+    last_seqs = _bump_cursors(connection, tenant, counts, notify)
 
     # The first seq of each stream's share of this call; then consecutive in the order given.
     next_seq = {stream: last_seqs[stream] - count + 1 for stream, count in counts.items()}
@@ -143,11 +157,15 @@ def events_emit(*, tenant: Tenant, events: Sequence[EventSpec], returning: bool 
         OutboxEvent.all_tenants.using(alias).bulk_create(rows)
 
     _wake_relay_after_commit(connection, alias, notified=notify is not None)
+    _remember_streams(connection, tenant, counts)
+    return rows
+
+
+def _remember_streams(connection: BaseDatabaseWrapper, tenant: Tenant, counts: dict[str, int]) -> None:
     if _commit_listeners:
         # Told at commit by `_after_commit` (the transaction's one hook); a rollback leaves them for the
         # next commit of this connection, which only tells listeners of a stream that did not move.
         connection.__dict__.setdefault(_PENDING_ATTRIBUTE, set()).update((tenant.pk, stream) for stream in counts)
-    return rows
 
 
 # Called in the committing process, after commit, with (tenant id, streams that got events): lets an app
@@ -223,12 +241,11 @@ def _validate(tenant: Tenant, events: Sequence[EventSpec]) -> tuple[dict[str, in
 
 
 def _bump_cursors(connection: BaseDatabaseWrapper, tenant: Tenant, counts: dict[str, int],
-                  notify: str | None = None, before_read: Callable[[], None] | None = None) -> dict[str, int]:
+                  notify: str | None = None) -> dict[str, int]:
     """Add each stream's count to its cursor (creating it at the count) and return the new last_seq per
     stream: one `INSERT ... ON CONFLICT DO UPDATE ... RETURNING` whose rows are in sorted stream order (the
     order in which it takes the row locks). With `notify` (PostgreSQL), the same statement also sends
-    `pg_notify(notify, '')`, which PostgreSQL delivers at commit: no round trip of its own. `before_read`:
-    see `events_emit`."""
+    `pg_notify(notify, '')`, which PostgreSQL delivers at commit: no round trip of its own."""
     streams = sorted(counts)
     quote = connection.ops.quote_name
     table = quote(StreamCursor._meta.db_table)
@@ -239,27 +256,13 @@ def _bump_cursors(connection: BaseDatabaseWrapper, tenant: Tenant, counts: dict[
     )
     columns = f"{table} ({quote('tenant_id')}, {quote('stream')}, {quote('last_seq')})"
     if connection.vendor == "postgresql":
-        # Two array parameters whatever the number of streams; the ordinality makes the order explicit.
-        # The notification joins the upsert's source rows (one row: it runs exactly once).
-        prefix, join, params = "", "", [tenant.pk, streams, [counts[stream] for stream in streams]]
+        prefix, params = "", []
         if notify is not None:
-            prefix, join = "WITH wake AS (SELECT pg_notify(%s, '')) ", " CROSS JOIN wake"
-            params.insert(0, notify)
-        sent = SentQuery(
-            connection,
-            f"{prefix}INSERT INTO {columns} SELECT %s, u.stream, u.count "  # noqa: S608 (constant identifiers)
-            f"FROM unnest(%s::text[], %s::bigint[]) WITH ORDINALITY AS u(stream, count, position){join} "
-            f"ORDER BY u.position {upsert}",
-            params,
-        )
-        if before_read is not None:
-            before_read()
-        return dict(sent.fetchall())
+            prefix, params = "WITH wake AS (SELECT pg_notify(%s, '')) ", [notify]
+        sql, upsert_params = _pg_cursor_upsert(tenant, counts, wake="wake" if notify is not None else None)
+        return dict(SentQuery(connection, prefix + sql, params + upsert_params).fetchall())
     if connection.vendor != "sqlite" or not _SQLITE_HAS_RETURNING:
-        last_seqs = _bump_cursors_portably(connection, tenant, counts, streams)
-        if before_read is not None:
-            before_read()
-        return last_seqs
+        return _bump_cursors_portably(connection, tenant, counts, streams)
     tenant_id = StreamCursor._meta.get_field("tenant").get_db_prep_value(tenant.pk, connection)
     last_seqs: dict[str, int] = {}
     with connection.cursor() as cursor:
@@ -271,14 +274,61 @@ def _bump_cursors(connection: BaseDatabaseWrapper, tenant: Tenant, counts: dict[
             values = ", ".join(["(%s, %s, %s)"] * len(chunk))
             cursor.execute(f"INSERT INTO {columns} VALUES {values} {upsert}", params)  # noqa: S608
             last_seqs.update(cursor.fetchall())
-    if before_read is not None:
-        before_read()
     return last_seqs
+
+
+_CURSOR_TABLE = StreamCursor._meta.db_table
+_OUTBOX_TABLE = OutboxEvent._meta.db_table
+
+
+def _pg_cursor_upsert(tenant: Tenant, counts: dict[str, int], wake: str | None = None) -> tuple[str, list[Any]]:
+    """PostgreSQL: the cursors' upsert, `RETURNING stream, last_seq`. Two array parameters whatever the
+    number of streams, in sorted stream order (the ordinality makes it explicit: the order of the row
+    locks). `wake`: the name of a one-row CTE (the notification) joined to the source rows, which runs it
+    exactly once."""
+    streams = sorted(counts)
+    join = f" CROSS JOIN {wake}" if wake else ""
+    return (
+        f'INSERT INTO "{_CURSOR_TABLE}" ("tenant_id", "stream", "last_seq") SELECT %s, u.stream, u.count '  # noqa: S608
+        f"FROM unnest(%s::text[], %s::bigint[]) WITH ORDINALITY AS u(stream, count, position){join} "
+        f'ORDER BY u.position ON CONFLICT ("tenant_id", "stream") DO UPDATE SET '
+        f'"last_seq" = "{_CURSOR_TABLE}"."last_seq" + EXCLUDED."last_seq" RETURNING "stream", "last_seq"',
+        [tenant.pk, streams, [counts[stream] for stream in streams]],
+    )
+
+
+def _defer_events(defer: list[Deferrable], tenant: Tenant, events: Sequence[EventSpec], counts: dict[str, int],
+                  encoded: list[str], notify: str | None) -> None:
+    """PostgreSQL: append the cursors' upsert (a `NamedStatement`) and the events' insert, which takes each
+    event's seq from its stream's new last_seq: the k-th of a stream's n events of this call gets
+    last_seq - n + k (the upsert's `RETURNING`: the value it wrote, after waiting for any other
+    transaction's lock on the cursor)."""
+    prefix = f"ev{len(defer)}"
+    wake = None
+    if notify is not None:
+        wake = f"{prefix}_wake"
+        defer.append(NamedStatement("SELECT pg_notify(%s, '')", [notify], wake))
+    cursors = f"{prefix}_cursors"
+    upsert, upsert_params = _pg_cursor_upsert(tenant, counts, wake)
+    defer.append(NamedStatement(upsert, upsert_params, cursors))
+    seen: dict[str, int] = {}
+    params: list[Any] = []
+    for spec, data in zip(events, encoded, strict=True):
+        position = seen[spec.stream] = seen.get(spec.stream, 0) + 1
+        params.extend((spec.id or uuid7(), spec.stream, position - counts[spec.stream], spec.type, data))
+    first = "(%s::uuid, %s::text, %s::bigint, %s::text, %s::jsonb)"
+    values = ", ".join([first] + ["(%s, %s, %s, %s, %s)"] * (len(events) - 1))
+    defer.append((
+        f'INSERT INTO "{_OUTBOX_TABLE}" ("id", "tenant_id", "stream", "seq", "type", "data", "created_at") '  # noqa: S608
+        f"SELECT v.id, %s, v.stream, c.last_seq + v.offset_, v.type, v.data, %s "
+        f"FROM (VALUES {values}) AS v(id, stream, offset_, type, data) JOIN {cursors} AS c ON c.stream = v.stream",
+        [tenant.pk, timezone.now(), *params],
+    ))
 
 
 def _copy_events(connection: BaseDatabaseWrapper, tenant: Tenant, events: Sequence[EventSpec], ids: list[uuid.UUID],
                  seqs: list[int], encoded: list[str], now: datetime, returning: bool,
-                 defer: list[Statement] | None = None) -> list[OutboxEvent]:
+                 defer: list[Deferrable] | None = None) -> list[OutboxEvent]:
     """PostgreSQL: write the events with `copy_rows` (one INSERT for a few, one COPY for many) and return
     them as saved model instances."""
     tenant_id = tenant.pk

@@ -39,7 +39,7 @@ from django.db.transaction import TransactionManagementError
 from django.utils import timezone
 
 from tenants.models import Tenant, User
-from wallet.core.bulk import SentQuery, Statement, hot_cursor
+from wallet.core.bulk import Deferrable, SentQuery, hot_cursor
 from wallet.core.errors import ApiError
 from wallet.idempotency import conf
 from wallet.idempotency.errors import IdempotencyKeyInFlight, IdempotencyKeyReused
@@ -431,7 +431,7 @@ class Completion:
     location: str = ""
 
 
-def idempotency_complete_many(completions: Sequence[Completion], defer: list[Statement] | None = None) -> None:
+def idempotency_complete_many(completions: Sequence[Completion], defer: list[Deferrable] | None = None) -> None:
     """`idempotency_complete` for many claims of the caller's transaction: one UPDATE on PostgreSQL.
 
     With `defer` (PostgreSQL), the UPDATE is appended there for the caller to run with its other writes

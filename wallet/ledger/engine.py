@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -31,7 +31,7 @@ from django.db import DatabaseError, connection
 from django.utils import timezone
 
 from tenants.models import Tenant
-from wallet.core.bulk import SentQuery, Statement, copy_rows, execute_together, hot_cursor, loaded
+from wallet.core.bulk import Deferrable, SentQuery, copy_rows, execute_together, loaded
 from wallet.core.ids import uuid7
 from wallet.ledger.errors import InsufficientFunds, UnbalancedEntry
 from wallet.ledger.models import Account, Asset, JournalEntry, LedgerHead, Posting
@@ -80,9 +80,10 @@ def entry_hash(*, prev_hash: str, entry_id: Any, seq: int, kind: str, created_at
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-_ACCOUNT_FIELDS = tuple(field.attname for field in Account._meta.concrete_fields)
+_LOCKED = [field for field in Account._meta.concrete_fields if field.attname not in ("created_at", "updated_at")]
+_LOCKED_FIELDS = tuple(field.attname for field in _LOCKED)
 _LOCK_SQL = (
-    f"SELECT {', '.join(field.column for field in Account._meta.concrete_fields)} "  # noqa: S608 (constant names)
+    f"SELECT {', '.join(field.column for field in _LOCKED)} "  # noqa: S608 (constant names)
     f"FROM {Account._meta.db_table} WHERE tenant_id = %s AND id = ANY(%s::uuid[]) ORDER BY id FOR UPDATE"
 )
 _HEAD_TABLE = LedgerHead._meta.db_table
@@ -195,14 +196,21 @@ class LedgerBatch:
         self.events: list[Any] = []
         self.now = timezone.now()
         # PostgreSQL: writes run together at the end of `flush` (see there); None elsewhere.
-        self.deferred: list[Statement] | None = [] if connection.vendor == "postgresql" else None
+        self.deferred: list[Deferrable] | None = [] if connection.vendor == "postgresql" else None
 
     # --- locking ----------------------------------------------------------------------------------------
-    def lock(self, account_ids: Iterable[UUID]) -> dict[UUID, Account]:
-        """Lock the given accounts, in primary-key order (call again to add accounts: new ones only)."""
+    def lock(self, account_ids: Iterable[UUID | str], *, head: bool = False) -> dict[UUID, Account]:
+        """Lock the given accounts, in primary-key order (call again to add accounts: new ones only), and with
+        `head`, then the tenant's ledger head, in the same round trip when in a `bulk.pipeline`.
+
+        Every ledger transaction locks in this order: accounts, then the head (here, or at the latest by
+        `flush`), then the stream cursors (the outbox's upsert, in `flush`'s last statement). So no account
+        may be locked once the head is."""
         wanted = sorted({a if isinstance(a, UUID) else UUID(str(a)) for a in account_ids} - self.accounts.keys())
+        if wanted and self.head is not None and connection.vendor == "postgresql":
+            raise RuntimeError("accounts must be locked before the ledger head")
         if wanted and connection.vendor == "postgresql":
-            self._lock_raw(wanted)
+            self._lock_raw(wanted, head=head and self.head is None)
         elif wanted:
             rows = (
                 # of=("self",): lock the accounts only, not the asset rows joined in (shared by everyone)
@@ -216,24 +224,42 @@ class LedgerBatch:
             missing = set(wanted) - self.accounts.keys()
             if missing:
                 raise LookupError(f"accounts not found in tenant {self.tenant.slug}: {sorted(missing)}")
+        if head and self.head is None:
+            self._lock_head()
         return self.accounts
 
-    def _lock_raw(self, wanted: list[UUID]) -> None:
+    def _lock_raw(self, wanted: list[UUID], head: bool = False) -> None:
         """PostgreSQL: the same lock as the ORM query, from plain rows (the ORM's per-row cost dominated
         large batches); assets come from a per-process cache (they are never deleted, and the fields read
-        here, code and decimals, do not change)."""
-        with hot_cursor(connection) as cursor:
-            cursor.execute(_LOCK_SQL, [self.tenant.pk, wanted])
-            rows = cursor.fetchall()
+        here, code and decimals, do not change). The timestamps are not read (loading them cost a few per
+        cent of a transfer's CPU): `created_at` is left deferred, `updated_at` is set by `_write_balances`.
+        With `head`, the head's lock is sent before the accounts' rows are read (one round trip in a pipeline)."""
+        sent = SentQuery(connection, _LOCK_SQL, [self.tenant.pk, wanted])
+        head_sent = _head_lock_send(self.tenant) if head else None
+        rows = sent.fetchall()
         alias = connection.alias
         for row in rows:
-            values = dict(zip(_ACCOUNT_FIELDS, row, strict=True))
+            values = dict(zip(_LOCKED_FIELDS, row, strict=True))
             values["posted"], values["held"] = int(values["posted"]), int(values["held"])
             account = loaded(Account, alias, values, {"asset": asset_cached(values["asset_id"])})
             self.accounts[account.pk] = account
+        if head_sent is not None:
+            self._head_found(head_sent.fetchone())
         missing = set(wanted) - self.accounts.keys()
         if missing:
             raise LookupError(f"accounts not found in tenant {self.tenant.slug}: {sorted(missing)}")
+
+    def _lock_head(self) -> None:
+        self._head_found(_head_lock_send(self.tenant).fetchone())
+
+    def _head_found(self, row: tuple[Any, ...] | None) -> None:
+        """The head's locked row, or, for the tenant's first entry, a new head, locked."""
+        head = _head_from(self.tenant, row)
+        if head is None:
+            LedgerHead.objects.bulk_create([LedgerHead(tenant=self.tenant)], ignore_conflicts=True)
+            head = _head_locked(self.tenant)
+            assert head is not None
+        self.head = head
 
     def account(self, account_id: UUID) -> Account:
         return self.accounts[account_id]
@@ -290,31 +316,21 @@ class LedgerBatch:
 
     # --- writing ----------------------------------------------------------------------------------------
     def flush(self) -> list[JournalEntry]:
-        """Write balances and events, then lock the head and write the recorded entries and postings.
+        """Lock the head (unless `lock` did), then write balances, events, entries and postings.
 
-        On PostgreSQL the writes that return nothing (balances, small inserts of transfers, events, entries
-        and postings, the head) are gathered in `deferred` and sent as one statement at the end: a batch
-        of a few transfers costs about six round trips instead of twelve."""
+        On PostgreSQL the writes (balances, small inserts of transfers, entries and postings, the events with
+        their cursors' upsert, the head) are gathered in `deferred` and sent as one statement at the end: in a
+        `bulk.pipeline`, with the COMMIT. The accounts' and the head's locks are then held for one round trip
+        after they are granted."""
+        if self.drafts and self.head is None:
+            self._lock_head()
         self._write_balances()
-        head_lock: list[SentQuery] = []
-
-        def send_head_lock() -> None:
-            # Right after the stream cursors' upsert (the order every ledger transaction locks them in);
-            # in a `bulk.pipeline` both share one round trip.
-            if self.drafts and self.head is None:
-                head_lock.append(_head_lock_send(self.tenant))
-
-        self._emit_balance_events(before_read=send_head_lock)
+        self._emit_balance_events()
         if not self.drafts:
             self.dirty.clear()
             self._run_deferred()
             return []
-        if self.head is None:
-            self.head = _head_from(self.tenant, head_lock[0].fetchone()) if head_lock else _head_locked(self.tenant)
-            if self.head is None:  # the tenant's first entry
-                LedgerHead.objects.bulk_create([LedgerHead(tenant=self.tenant)], ignore_conflicts=True)
-                self.head = _head_locked(self.tenant)
-                assert self.head is not None
+        assert self.head is not None
         tenant_id = self.tenant.pk
         entry_rows: list[tuple[Any, ...]] = []
         posting_rows: list[tuple[Any, ...]] = []
@@ -380,7 +396,7 @@ class LedgerBatch:
         else:
             Account.all_tenants.bulk_update(accounts, ["posted", "held", "updated_at"])
 
-    def _emit_balance_events(self, before_read: Callable[[], None] | None = None) -> None:
+    def _emit_balance_events(self) -> None:
         from wallet.events.services import EventSpec, events_emit, user_stream
 
         events = []
@@ -393,8 +409,7 @@ class LedgerBatch:
         events.extend(self.events)
         self.events = []
         if events:
-            events_emit(tenant=self.tenant, events=events, returning=False, defer=self.deferred,
-                        before_read=before_read)
+            events_emit(tenant=self.tenant, events=events, returning=False, defer=self.deferred)
 
 
 def balance_payload(account: Account) -> dict[str, Any]:

@@ -1,15 +1,16 @@
 """Group commit for `POST /api/v1/transfers`: the transfers that a server process receives at the same
 time share one database transaction, and none is answered before that transaction commits.
 
-One `GroupCommitter` per tenant and process. A request thread prepares its job (Idempotency-Key,
-fingerprint, and the validated order, with the recipient still a text, or the refusal found while
-validating) and submits it. If no batch of its tenant is running, the thread leads: it takes every job
+One `GroupCommitter` per tenant and process, with its own thread and database connection. A request
+thread prepares its job (Idempotency-Key, fingerprint, and the validated order, with the recipient still a
+text, or the refusal found while validating), queues it and waits. The committer thread takes every job
 queued so far (up to `BATCH_MAX`), and in one transaction claims all their keys (one statement), finds
 all their recipients and the parties' accounts (one query: `selectors.transfer_parties_send`), executes
 all their transfers (`transfers_execute`: one lock of the accounts, one write of each table), stores
 every response under its key (one statement) and commits; then it hands the outcome to each waiting
-thread and, if more jobs queued up meanwhile, hands the lead to the oldest of them. While a batch runs,
-the next one gathers: the busier the server, the larger the batches (TigerBeetle's batching, on PostgreSQL).
+thread and takes the next batch at once. While a batch runs, the next one gathers: the busier the server,
+the larger the batches (TigerBeetle's batching, on PostgreSQL). A job submitted inside a transaction of the
+caller runs there, alone.
 
 Guarantees are those of `@idempotent` (wallet/idempotency/api.py), per job:
 - the record of a key and the effect commit together or not at all;
@@ -23,7 +24,7 @@ decide in the same round trip, and the batch would otherwise pay two Redis round
 If a batch fails as a whole (a database error), each of its jobs is retried alone in its own
 transaction, so one bad request cannot fail its neighbours; an error of a job alone reaches that client
 as a 500, with nothing stored (a retry with the same key runs again). A request that no batch has taken
-within LEDGER_GROUP_COMMIT_WAIT_SECONDS (30 s: its leader hangs) leaves the queue and answers 503
+within LEDGER_GROUP_COMMIT_WAIT_SECONDS (30 s: its committer hangs) leaves the queue and answers 503
 `transfer_queue_timeout` with `Retry-After`; nothing of it was done.
 """
 
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 from collections import deque
 from collections.abc import Sequence
@@ -43,7 +45,7 @@ from django.db import connection, transaction
 from rest_framework import serializers
 
 from tenants.models import Tenant, User
-from wallet.core.bulk import Statement, commit_in_pipeline, pipeline
+from wallet.core.bulk import Deferrable, commit_in_pipeline, pipeline
 from wallet.core.context import request_id_var
 from wallet.core.errors import PROBLEM_CONTENT_TYPE, ApiError, ServiceUnavailable, problem_body
 from wallet.core.jsonutil import dumps
@@ -69,9 +71,14 @@ PIPELINE_MAX_JOBS = 64
 
 
 def wait_seconds() -> float:
-    """How long a request waits for a batch to take it before answering 503 (a leader that hangs, e.g.
+    """How long a request waits for a batch to take it before answering 503 (a committer that hangs, e.g.
     on a dead database connection, must not hold every other transfer of the process forever)."""
     return float(getattr(settings, "LEDGER_GROUP_COMMIT_WAIT_SECONDS", 30.0))
+
+
+def idle_seconds() -> float:
+    """How long a tenant's committer thread waits for work before it ends (and closes its connection)."""
+    return float(getattr(settings, "LEDGER_GROUP_COMMIT_IDLE_SECONDS", 10.0))
 
 
 class TransferQueueTimeout(ServiceUnavailable):
@@ -121,7 +128,7 @@ class TransferJob:
     refusal: ApiError | None = None  # found while validating; stored as the key's answer
     request_id: str | None = None
     outcome: Outcome | None = None
-    lead: bool = False
+    tenant: Tenant | None = None  # set when queued for the committer thread
     event: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -193,7 +200,7 @@ def execute_batch(tenant: Tenant, jobs: list[TransferJob]) -> list[Outcome]:
         decided = {index: decision for (index, _), decision in zip(fresh, decisions, strict=True)}
         to_execute = [index for index, _ in fresh if isinstance(decided[index], TransferRequest)]
 
-        def respond(results: Sequence[Transfer | ApiError], defer: list[Statement] | None) -> None:
+        def respond(results: Sequence[Transfer | ApiError], defer: list[Deferrable] | None) -> None:
             """Each fresh job's answer, stored under its key: before the ledger's last statement, which the
             completion joins (no round trip of its own while the ledger head is locked)."""
             result_of = dict(zip(to_execute, results, strict=True))
@@ -258,34 +265,63 @@ def _decide(jobs: list[TransferJob], pending: PendingParties
 
 
 class GroupCommitter:
-    """The queue and the lead of one tenant's transfer batches in this process."""
+    """The queue of one tenant's transfers in this process, and the thread that commits them.
+
+    The committer thread is started by the first submission and ends after LEDGER_GROUP_COMMIT_IDLE_SECONDS
+    without work, closing its database connection. It loops: take every queued job (up to BATCH_MAX, one
+    per key), run them in one transaction, answer each, and take the next batch at once. Request threads
+    only queue their job and wait: no request thread leads, so no batch waits for a leader to wake, and a
+    request is answered as soon as its batch has committed, not after the next batch starts."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._cond = threading.Condition(threading.Lock())
         self._queue: deque[TransferJob] = deque()
-        self._running = False
+        self._thread: threading.Thread | None = None
+        self._stopping = False
 
     def submit(self, tenant: Tenant, job: TransferJob) -> Outcome:
-        """Queue `job` and return its outcome once the batch that carried it has committed."""
-        with self._lock:
+        """Queue `job` and return its outcome once the batch that carried it has committed.
+
+        Inside a transaction of the caller (a service that composes a transfer, or a test), the job runs
+        at once, alone, in that transaction: no other request may share a transaction it cannot see
+        committed."""
+        if connection.in_atomic_block:
+            self._run(tenant, [job])
+            assert job.outcome is not None
+            return job.outcome
+        job.tenant = tenant
+        with self._cond:
+            if self._stopping:
+                raise RuntimeError("the transfer committer is stopping")
             self._queue.append(job)
-            leads = not self._running
-            self._running = True
-        if not leads:
-            if not job.event.wait(wait_seconds()):
-                with self._lock:
-                    queued = not job.lead and job in self._queue
-                    if queued:  # no batch has taken it (its leader hangs): give up, nothing was done
-                        self._queue.remove(job)
-                if queued:
-                    return Outcome(error=TransferQueueTimeout(retry_after=1))
-                job.event.wait()  # it is in a running batch (or was just made leader): that ends
-            if not job.lead:
-                assert job.outcome is not None
-                return job.outcome
-        self._lead(tenant, job)
+            if self._thread is None:
+                self._start()
+            else:
+                self._cond.notify()
+        if not job.event.wait(wait_seconds()):
+            with self._cond:
+                queued = job in self._queue
+                if queued:  # no batch has taken it (the committer hangs): give up, nothing was done
+                    self._queue.remove(job)
+            if queued:
+                return Outcome(error=TransferQueueTimeout(retry_after=1))
+            job.event.wait()  # it is in a running batch: that ends
         assert job.outcome is not None
         return job.outcome
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Commit what is queued, then end the committer thread (tests, shutdown)."""
+        with self._cond:
+            self._stopping = True
+            thread = self._thread
+            self._cond.notify()
+        if thread is not None:
+            thread.join(timeout)
+
+    def _start(self) -> None:
+        """With the lock held."""
+        self._thread = threading.Thread(target=self._serve, name="transfer-committer", daemon=True)
+        self._thread.start()
 
     def _take(self) -> list[TransferJob]:
         """Up to BATCH_MAX queued jobs with distinct keys (a duplicate stays queued for the next batch)."""
@@ -303,35 +339,34 @@ class GroupCommitter:
         self._queue = kept
         return batch
 
-    def _lead(self, tenant: Tenant, me: TransferJob) -> None:
+    def _serve(self) -> None:
+        me = threading.current_thread()
         try:
             while True:
-                with self._lock:
-                    batch = self._take()
-                if batch:
-                    self._run(tenant, batch)
-                with self._lock:
-                    if me.outcome is not None or not self._queue:
-                        self._hand_over()
+                with self._cond:
+                    self._cond.wait_for(lambda: self._queue or self._stopping, idle_seconds())
+                    if not self._queue:  # idle (or stopping): end; the next submission starts a thread
                         return
-                    # my own job was a duplicate left for the next batch: go on leading
-        except BaseException:
-            with self._lock:
-                self._hand_over()
-            raise
+                    batch = self._take()
+                tenant = batch[0].tenant
+                assert tenant is not None
+                self._run(tenant, batch, own_connection=True)
+        finally:
+            with self._cond:
+                if self._thread is me:
+                    self._thread = None
+                    if self._queue:  # this thread dies abnormally with work queued: the next one takes it
+                        self._start()
+            connection.close()
 
-    def _hand_over(self) -> None:
-        """With the lock held: wake the oldest waiting job to lead the next batch, or stop running."""
-        if self._queue:
-            successor = self._queue[0]
-            successor.lead = True
-            successor.event.set()
-        else:
-            self._running = False
-
-    def _run(self, tenant: Tenant, batch: list[TransferJob]) -> None:
+    def _run(self, tenant: Tenant, batch: list[TransferJob], own_connection: bool = False) -> None:
+        """Execute `batch` and answer its jobs. `own_connection`: the committer thread's, outside any
+        transaction, checked before each transaction as Django checks a request's (one that broke, or
+        outlived CONN_MAX_AGE, is closed and the next query opens a new one)."""
         try:
             try:
+                if own_connection:
+                    connection.close_if_unusable_or_obsolete()
                 outcomes = execute_batch(tenant, batch)
             except Exception:
                 if len(batch) == 1:
@@ -340,6 +375,8 @@ class GroupCommitter:
                 outcomes = []
                 for job in batch:
                     try:
+                        if own_connection:
+                            connection.close_if_unusable_or_obsolete()
                         outcomes.extend(execute_batch(tenant, [job]))
                     except Exception as exc:
                         outcomes.append(Outcome(error=exc))
@@ -354,12 +391,21 @@ class GroupCommitter:
     def _deliver(batch: list[TransferJob], outcomes: list[Outcome]) -> None:
         for job, outcome in zip(batch, outcomes, strict=True):
             job.outcome = outcome
-            if not job.lead:
-                job.event.set()
+            job.event.set()
 
 
 _committers: dict[Any, GroupCommitter] = {}
 _committers_lock = threading.Lock()
+
+
+def _forget_committers() -> None:
+    """In a forked child: the parent's committer threads do not exist there."""
+    global _committers_lock
+    _committers.clear()
+    _committers_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_committers)
 
 
 def committer_for(tenant: Tenant) -> GroupCommitter:
@@ -368,6 +414,15 @@ def committer_for(tenant: Tenant) -> GroupCommitter:
         with _committers_lock:
             committer = _committers.setdefault(tenant.pk, GroupCommitter())
     return committer
+
+
+def committers_stop(timeout: float | None = 10.0) -> None:
+    """Stop every committer of this process after it commits what is queued (tests; shutdown)."""
+    with _committers_lock:
+        committers = list(_committers.values())
+        _committers.clear()
+    for committer in committers:
+        committer.stop(timeout)
 
 
 def transfer_submit(*, tenant: Tenant, job: TransferJob) -> Outcome:

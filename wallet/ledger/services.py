@@ -17,7 +17,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from tenants.models import Tenant, User
-from wallet.core.bulk import Statement, copy_rows, loaded
+from wallet.core.bulk import Deferrable, copy_rows, loaded
 from wallet.core.errors import ApiError
 from wallet.core.ids import uuid7
 from wallet.ledger.engine import (
@@ -166,7 +166,7 @@ class TransferRequest:
 def transfers_execute(
     *, tenant: Tenant, requests: Sequence[TransferRequest],
     known_accounts: dict[tuple[UUID, UUID], UUID] | None = None,
-    before_flush: Callable[[list[Transfer | ApiError], list[Statement] | None], None] | None = None,
+    before_flush: Callable[[list[Transfer | ApiError], list[Deferrable] | None], None] | None = None,
 ) -> list[Transfer | ApiError]:
     """Execute many P2P transfers in one transaction (one lock of the tenant's ledger, a few statements).
 
@@ -251,7 +251,7 @@ def transfers_execute(
                     writer.acquire()
                 else:
                     tenant_writer_lock(tenant)
-            batch.lock(account_ids.values())
+            batch.lock(account_ids.values(), head=True)  # the head too: one round trip in a pipeline
             today = timezone.now().date()
             limited = sorted({(r.sender.pk, r.asset.pk) for _, r, _, _, _ in prepared
                               if policies[r.asset.pk].daily_limit_per_user is not None})  # type: ignore[union-attr]
@@ -300,7 +300,7 @@ def transfers_execute(
 _TRANSFER_FIELDS = tuple(field.attname for field in Transfer._meta.concrete_fields)
 
 
-def _transfers_insert(transfers: Sequence[Transfer], defer: list[Statement] | None = None,
+def _transfers_insert(transfers: Sequence[Transfer], defer: list[Deferrable] | None = None,
                       rows: list[list[Any]] | None = None) -> None:
     """Insert transfers built by `loaded` (INSERT or COPY on PostgreSQL, possibly deferred to the flush);
     `rows`, when given, are their column values already (built before the caller took its locks)."""

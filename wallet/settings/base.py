@@ -191,6 +191,9 @@ CELERY_TASK_TIME_LIMIT = 300
 LEDGER_POLICY_CACHE_SECONDS = float(os.environ.get("LEDGER_POLICY_CACHE_SECONDS", "2"))
 # How long a transfer request waits for a group-commit batch to take it before answering 503.
 LEDGER_GROUP_COMMIT_WAIT_SECONDS = float(os.environ.get("LEDGER_GROUP_COMMIT_WAIT_SECONDS", "30"))
+# How long a tenant's transfer committer thread (one per tenant and process) waits for work before it ends
+# and closes its database connection.
+LEDGER_GROUP_COMMIT_IDLE_SECONDS = float(os.environ.get("LEDGER_GROUP_COMMIT_IDLE_SECONDS", "10"))
 # Batches of at least this many transfers queue on their tenant's writer lock (PostgreSQL advisory lock)
 # before they lock accounts: large batches almost always share accounts, and one at a time is faster
 # than a convoy of half-locked batches (0 disables it). See wallet/ledger/engine.py, tenant_writer_lock.
