@@ -3,12 +3,15 @@ share transactions, each is answered only after its batch commits, and Idempoten
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from django.conf import settings
@@ -340,3 +343,17 @@ def test_a_transfer_submitted_inside_a_transaction_runs_there_alone(
     assert _post(client, "inside").status_code == 201
     assert threads == [threading.current_thread().name]
     assert groupcommit.committer_for(tenant_a)._thread is None
+
+
+@pytest.mark.parametrize("value", [
+    datetime(2026, 11, 23, 4, 5, 6, 789012, tzinfo=UTC),
+    datetime(2026, 11, 23, 4, 5, 6, tzinfo=UTC),  # no microseconds: isoformat leaves them out
+    datetime(2026, 3, 29, 1, 30, tzinfo=ZoneInfo("Europe/Paris")),
+])
+@pytest.mark.parametrize("zone", [None, "Asia/Kolkata"])
+def test_the_batch_renders_datetimes_as_drf_does(value: datetime, zone: str | None) -> None:
+    from django.utils import timezone
+    from rest_framework import serializers
+
+    with timezone.override(zone) if zone else contextlib.nullcontext():
+        assert groupcommit._render_datetime(value) == serializers.DateTimeField().to_representation(value)

@@ -232,3 +232,25 @@ def test_accounts_are_locked_before_the_ledger_head_and_the_locked_rows_need_no_
         batch.lock([mine_id])  # already locked: nothing to do
         with pytest.raises(RuntimeError, match="before the ledger head"):
             batch.lock([theirs_id])
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="array literals are PostgreSQL's")
+@pytest.mark.django_db
+def test_pg_array_reads_back_as_the_values_given() -> None:
+    import uuid
+
+    texts = ["", "NULL", "plain", 'quote " inside', "back\\slash", "a,b", "{braces}", "  spaces  ", "ünï 😀",
+             "new\nline", "\\\"", None]
+    blobs = [b"", bytes(range(256)), b'{"id": "x"}', None]
+    ids = [uuid.uuid4(), None]
+    numbers = [0, -1, 2**63 - 1, None]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT %s::text[], %s::bytea[], %s::uuid[], %s::bigint[]",
+                       [bulk.pg_array(texts), bulk.pg_array(blobs), bulk.pg_array(ids), bulk.pg_array(numbers)])
+        got_texts, got_blobs, got_ids, got_numbers = cursor.fetchone()
+    assert got_texts == texts
+    assert [bytes(b) if b is not None else None for b in got_blobs] == blobs
+    assert got_ids == ids and got_numbers == numbers
+    assert bulk.pg_array([]) == "{}"
+    with pytest.raises(TypeError):
+        bulk.pg_array([1.5])

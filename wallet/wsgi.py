@@ -9,4 +9,4 @@ from wallet.core.runtime import process_tune
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "wallet.settings.development")
 application = get_wsgi_application()
-process_tune()  # a frozen start-up heap and a 0.5 ms GIL switch interval: see wallet/core/runtime.py
+process_tune()  # a frozen start-up heap, rarer collections, a 0.5 ms GIL switch interval: wallet/core/runtime.py

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple, TypeVar
+from uuid import UUID
 
 from django.db import connections, models
 from django.db.backends.base.base import BaseDatabaseWrapper
@@ -264,6 +265,28 @@ class SentQuery:
         if self._cursor is not None:
             self._cursor = None
             self._context.__exit__(None, None, None)
+
+
+def pg_array(values: Iterable[Any]) -> str:
+    """PostgreSQL: the text form of a one-dimensional array of `values` (str, bytes, int, UUID or None), for a
+    parameter cast in SQL (`%s::uuid[]`, `%s::bytea[]`, ...). psycopg's list dumper works element by
+    element in Python: ~1.5 µs per UUID, and ~90 µs per 300-byte bytes value (a transfer's stored answer);
+    this costs a fraction of that. Every text element is quoted, so any character is safe."""
+    parts = []
+    for value in values:
+        if value is None:
+            parts.append("NULL")
+        elif isinstance(value, str):
+            parts.append('"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"')
+        elif isinstance(value, bytes | bytearray | memoryview):
+            parts.append('"\\\\x' + bytes(value).hex() + '"')
+        elif isinstance(value, bool):
+            raise TypeError("pg_array does not take booleans")
+        elif isinstance(value, int | UUID):
+            parts.append(str(value))
+        else:
+            raise TypeError(f"pg_array does not take {type(value).__name__}")
+    return "{" + ",".join(parts) + "}"
 
 
 def execute_together(connection: BaseDatabaseWrapper, statements: Sequence[Deferrable]) -> None:

@@ -49,6 +49,7 @@ from django.db.models import BooleanField
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
+from wallet.core.bulk import pg_array
 from wallet.events import conf
 from wallet.events.models import OutboxEvent
 from wallet.events.streams import group_for_stream
@@ -297,7 +298,7 @@ def _mark_published(connection: BaseDatabaseWrapper, ids: Sequence[Any]) -> None
             cursor.execute(
                 f"UPDATE {quote(OutboxEvent._meta.db_table)} SET {quote('published_at')} = %s "  # noqa: S608
                 f"WHERE {quote('id')} = ANY(%s::uuid[])",
-                [now, list(ids)],
+                [now, pg_array(ids)],
             )
         return
     manager = OutboxEvent.all_tenants.using(connection.alias)

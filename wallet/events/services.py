@@ -37,6 +37,7 @@ from wallet.core.bulk import (
     copy_rows,
     in_pipeline,
     loaded,
+    pg_array,
 )
 from wallet.core.ids import uuid7
 from wallet.events import conf
@@ -293,7 +294,7 @@ def _pg_cursor_upsert(tenant: Tenant, counts: dict[str, int], wake: str | None =
         f"FROM unnest(%s::text[], %s::bigint[]) WITH ORDINALITY AS u(stream, count, position){join} "
         f'ORDER BY u.position ON CONFLICT ("tenant_id", "stream") DO UPDATE SET '
         f'"last_seq" = "{_CURSOR_TABLE}"."last_seq" + EXCLUDED."last_seq" RETURNING "stream", "last_seq"',
-        [tenant.pk, streams, [counts[stream] for stream in streams]],
+        [tenant.pk, pg_array(streams), pg_array([counts[stream] for stream in streams])],
     )
 
 

@@ -39,7 +39,7 @@ from django.db.transaction import TransactionManagementError
 from django.utils import timezone
 
 from tenants.models import Tenant, User
-from wallet.core.bulk import Deferrable, SentQuery, hot_cursor
+from wallet.core.bulk import Deferrable, SentQuery, hot_cursor, pg_array
 from wallet.core.errors import ApiError
 from wallet.idempotency import conf
 from wallet.idempotency.errors import IdempotencyKeyInFlight, IdempotencyKeyReused
@@ -345,12 +345,13 @@ def idempotency_claims_send(*, tenant: Tenant, requests: Sequence[ClaimRequest])
     for request in requests:
         validate_idempotency_key(request.key)
     params: list[Any] = [
-        [advisory_lock_id(tenant_id=tenant.pk, user_id=request.user.pk, key=request.key) for request in requests],
-        [request.user.pk for request in requests],
-        [request.key for request in requests],
-        [request.method.upper() for request in requests],
-        [request.path for request in requests],
-        [request.fingerprint for request in requests],
+        pg_array([advisory_lock_id(tenant_id=tenant.pk, user_id=request.user.pk, key=request.key)
+                  for request in requests]),
+        pg_array([request.user.pk for request in requests]),
+        pg_array([request.key for request in requests]),
+        pg_array([request.method.upper() for request in requests]),
+        pg_array([request.path for request in requests]),
+        pg_array([request.fingerprint for request in requests]),
         tenant.pk, now, now + conf.ttl(),
     ]
     return PendingClaims(tenant, requests, using, sent=SentQuery(connection, _claim_many_postgresql_sql(), params))
@@ -412,7 +413,7 @@ def _records_get(connection: BaseDatabaseWrapper, tenant: Tenant,
         f"AND r.{column['key']} = w.key WHERE r.{column['tenant']} = %s"
     )
     with connection.cursor() as cursor:
-        cursor.execute(sql, [[r.user.pk for r in requests], [r.key for r in requests], tenant.pk])
+        cursor.execute(sql, [pg_array([r.user.pk for r in requests]), pg_array([r.key for r in requests]), tenant.pk])
         rows = cursor.fetchall()
     return {
         (user_id, key): KeyRecord(id=record_id, fingerprint=fingerprint, response_status=status,
@@ -460,9 +461,9 @@ def idempotency_complete_many(completions: Sequence[Completion], defer: list[Def
         "AS v(id, status, body, content_type, location) "
         f"WHERE r.{column['id']} = v.id AND r.{column['response_status']} IS NULL"
     )
-    ids = [c.claim.record_id for c in completions]
-    params = [ids, [c.status for c in completions], [bytes(c.body) for c in completions],
-              [c.content_type or "" for c in completions], [c.location or "" for c in completions]]
+    ids = pg_array([c.claim.record_id for c in completions])
+    params = [ids, pg_array([c.status for c in completions]), pg_array([bytes(c.body) for c in completions]),
+              pg_array([c.content_type or "" for c in completions]), pg_array([c.location or "" for c in completions])]
     if defer is not None:
         if using != DEFAULT_DB_ALIAS:
             raise ValueError("a deferred completion runs in the ledger's statement, on the default database")
@@ -474,7 +475,7 @@ def idempotency_complete_many(completions: Sequence[Completion], defer: list[Def
             f"END FROM {_quote(meta.db_table)} AS g WHERE g.{column['id']} = ANY(%s::bigint[]) "
             f"AND g.{column['response_status']} IS NULL)"
         )
-        defer.append((sql + guard, [*params, len(ids), len(ids), ids]))
+        defer.append((sql + guard, [*params, len(completions), len(completions), ids]))
         return
     with hot_cursor(connection) as cursor:
         # The rows, not the row count: in a `bulk.pipeline` the count is known only once results are read.

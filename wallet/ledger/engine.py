@@ -31,7 +31,7 @@ from django.db import DatabaseError, connection
 from django.utils import timezone
 
 from tenants.models import Tenant
-from wallet.core.bulk import Deferrable, SentQuery, copy_rows, execute_together, loaded
+from wallet.core.bulk import Deferrable, SentQuery, copy_rows, execute_together, loaded, pg_array
 from wallet.core.ids import uuid7
 from wallet.ledger.errors import InsufficientFunds, UnbalancedEntry
 from wallet.ledger.models import Account, Asset, JournalEntry, LedgerHead, Posting
@@ -234,7 +234,7 @@ class LedgerBatch:
         here, code and decimals, do not change). The timestamps are not read (loading them cost a few per
         cent of a transfer's CPU): `created_at` is left deferred, `updated_at` is set by `_write_balances`.
         With `head`, the head's lock is sent before the accounts' rows are read (one round trip in a pipeline)."""
-        sent = SentQuery(connection, _LOCK_SQL, [self.tenant.pk, wanted])
+        sent = SentQuery(connection, _LOCK_SQL, [self.tenant.pk, pg_array(wanted)])
         head_sent = _head_lock_send(self.tenant) if head else None
         rows = sent.fetchall()
         alias = connection.alias

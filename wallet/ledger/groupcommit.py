@@ -42,7 +42,9 @@ from uuid import UUID
 
 from django.conf import settings
 from django.db import connection, transaction
-from rest_framework import serializers
+from django.utils import timezone
+from rest_framework import ISO_8601, serializers
+from rest_framework.settings import api_settings
 
 from tenants.models import Tenant, User
 from wallet.core.bulk import Deferrable, commit_in_pipeline, pipeline
@@ -139,6 +141,15 @@ class TransferJob:
 _datetime = serializers.DateTimeField()
 
 
+def _render_datetime(value: Any) -> str:
+    """`_datetime.to_representation(value)` for an aware datetime, without DRF's per-call lookups (ISO 8601 in
+    the current time zone, "Z" for UTC); DRF's own rendering when a project changes its format."""
+    if api_settings.DATETIME_FORMAT != ISO_8601 or not settings.USE_TZ or value is None or value.tzinfo is None:
+        return _datetime.to_representation(value)
+    rendered = value.astimezone(timezone.get_current_timezone()).isoformat()
+    return rendered[:-6] + "Z" if rendered.endswith("+00:00") else rendered
+
+
 def transfer_body(transfer: Transfer, viewer: User) -> dict[str, Any]:
     """What `TransferOutputSerializer(transfer, context={"user": viewer}).data` gives, built directly
     (a test keeps the two equal)."""
@@ -154,7 +165,7 @@ def transfer_body(transfer: Transfer, viewer: User) -> dict[str, Any]:
         "status": transfer.status,
         "counterparty": {"id": str(other.pk), "display_name": other.display_name, "handle": other.handle},
         "entry_id": str(transfer.entry_id),
-        "created_at": _datetime.to_representation(transfer.created_at),
+        "created_at": _render_datetime(transfer.created_at),
     }
 
 

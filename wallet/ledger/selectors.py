@@ -15,7 +15,7 @@ from django.db.models import Q, QuerySet
 
 from tenants.models import Tenant, User
 from tenants.scoping import access_by_id
-from wallet.core.bulk import SentQuery, model_from_row
+from wallet.core.bulk import SentQuery, model_from_row, pg_array
 from wallet.ledger.errors import AssetNotEnabled, UnknownAsset
 from wallet.ledger.models import Account, Asset, Hold, Posting, TenantAsset, Transfer
 
@@ -181,7 +181,8 @@ def transfer_parties_send(*, tenant: Tenant, texts: Iterable[str], asset_ids: Se
     connection = connections[router.db_for_read(User) or "default"]
     tenant_value = _TENANT_FIELD.get_db_prep_value(tenant.pk, connection)
     if connection.vendor == "postgresql":
-        sql, params = _PARTIES_SQL, [tenant_value, emails, tenant_value, handles, tenant_value, senders, assets]
+        sql, params = _PARTIES_SQL, [tenant_value, pg_array(emails), tenant_value, pg_array(handles), tenant_value,
+                                     pg_array(senders), pg_array(assets)]
     else:  # no arrays: IN lists (an empty one matches nothing)
         def marks(values: Sequence[Any]) -> str:
             return ", ".join(["%s"] * len(values)) or "NULL"
