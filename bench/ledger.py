@@ -19,12 +19,14 @@ In one invocation:
 (c) `POST /api/v1/transfers` (X-App-Key, Bearer token of one of 64 senders, a fresh Idempotency-Key
     per request, JSON body) on granian (WSGI, 2 workers x 32 blocking threads: the production web
     server) and on gunicorn (2 gthread workers x 32 threads), one at a time, with wrk
-    (bench/ledger_transfers.lua, 64 connections), each back to back with the bare Django view on the same
-    server; then, on the better server, a run paced at half its maximum, for the p99. 64 connections: the
+    (bench/ledger_transfers.lua, 96 connections), each back to back with the bare Django view on the same
+    server; then, on the better server, a run paced at half its maximum, for the p99. 96 connections: the
     group commit answers a request when its batch commits (~10-20 ms under load), so 16 connections cap a
     server near 16 / 20 ms whatever its speed (Little's law); a server at ~1,000 req/s has many more
-    clients than that. (Earlier runs used 16 connections with 4 sync workers, 2 x 8 and 4 x 4, then gunicorn
-    only, 2 x 32 and 4 x 16.)
+    clients than that. With 64 connections 14-17% of the machine's CPU stayed idle at the maximum
+    (/proc/stat, sixth session): the clients, not the server, set the pace; 96 (64 in the app's threads,
+    the rest queued in the server) measured 5-10% more. (Earlier runs used 16 connections with 4 sync
+    workers, 2 x 8 and 4 x 4, then 64 with gunicorn only, 2 x 32 and 4 x 16, then granian.)
 
 Each of (b) uniform, (b) hot and (c) has its own tenant of 1,000 users (senders funded with one
 `sandbox_fund` each), so that `manage.py ledger_verify --tenant ...` after each checks that phase only;
@@ -43,7 +45,7 @@ The last line printed is
 Tunables (environment): BENCH_SECONDS (8, measured seconds per run), BENCH_WARMUP_SECONDS (2),
 BENCH_PGBENCH_SECONDS (8), BENCH_PGBENCH_SCALE (10), BENCH_CLIENTS (8: pgbench clients and service
 workers), BENCH_BATCH_SIZES (1,16,64,256), BENCH_USERS (1000), BENCH_ZIPF_S (1.1), BENCH_HTTP_SENDERS (64),
-BENCH_THREADS (2), BENCH_CONNECTIONS (64), BENCH_HTTP_WORKERS (2), BENCH_HTTP_THREADS (32),
+BENCH_THREADS (2), BENCH_CONNECTIONS (96), BENCH_HTTP_WORKERS (2), BENCH_HTTP_THREADS (32),
 BENCH_PYSPY_DIR (unset; if set, py-spy raw profiles of worker 0 during each service run and of the
 server's workers during each HTTP maximum run go there: summarise them with bench/ledger_profile.py).
 """
@@ -95,7 +97,7 @@ USERS = int(os.environ.get("BENCH_USERS", "1000"))
 ZIPF_S = float(os.environ.get("BENCH_ZIPF_S", "1.1"))
 HTTP_SENDERS = int(os.environ.get("BENCH_HTTP_SENDERS", "64"))
 THREADS = int(os.environ.get("BENCH_THREADS", "2"))
-CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "64"))
+CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "96"))
 HTTP_WORKERS = int(os.environ.get("BENCH_HTTP_WORKERS", "2"))
 HTTP_THREADS = int(os.environ.get("BENCH_HTTP_THREADS", "32"))
 PYSPY_DIR = os.environ.get("BENCH_PYSPY_DIR", "")
@@ -498,6 +500,7 @@ def http_probe(bench_tenant: BenchTenant, token: str, recipient: str, count: int
     from django.test import Client
 
     from bench.ledger_worker import SqlRecorder
+    from wallet.ledger import groupcommit
 
     warnings.filterwarnings("ignore", message="No directory at")  # whitenoise: no collectstatic in bench
     client = Client(HTTP_HOST="127.0.0.1")
@@ -505,9 +508,19 @@ def http_probe(bench_tenant: BenchTenant, token: str, recipient: str, count: int
     handlers = [h for h in logging.getLogger().handlers
                 if isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) is sys.stderr]
     elapsed, held, held_sql, commits = [], [], [], []
+    real_batch = groupcommit.execute_batch
+
+    def recorded_batch(tenant: Any, jobs: list[Any]) -> Any:
+        # The batch runs on the tenant's committer thread, on that thread's connection: record it there.
+        from django.db import connection
+
+        with connection.execute_wrapper(recorder._record):
+            return real_batch(tenant, jobs)
+
     with tempfile.TemporaryFile("w") as log_file, SqlRecorder() as recorder:
         for handler in handlers:
             handler.setStream(log_file)
+        groupcommit.execute_batch = recorded_batch  # this process, for the probe's duration
         try:
             for _ in range(count):
                 recorder.clear()
@@ -526,6 +539,7 @@ def http_probe(bench_tenant: BenchTenant, token: str, recipient: str, count: int
                                      f"{response.content[:500]!r}")
                 bench_tenant.acknowledged += 1
         finally:
+            groupcommit.execute_batch = real_batch
             for handler in handlers:
                 handler.setStream(sys.stderr)
     statements = recorder.summary()["statements"]

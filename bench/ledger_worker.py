@@ -81,6 +81,8 @@ _SQL_TABLE = re.compile(r'\b(?:FROM|INTO|UPDATE)\s+"?([a-z_]+)"?', re.I)
 def statement_label(sql: str) -> str:
     """`INSERT ledger_posting`, `SELECT ... FOR UPDATE ledger_account`, `SELECT pg_notify`, ..."""
     text = sql.strip()
+    if text.startswith("WITH ") and text.endswith(") SELECT 1"):
+        return "the batch's writes (bulk.execute_together)"
     if "pg_notify" in text:
         return "SELECT pg_notify"
     if "pg_try_advisory_xact_lock" in text:

@@ -20,7 +20,7 @@ def process_tune(*, switch_interval_ms: float | None = None) -> None:
       every few requests cost ~2% of a worker's CPU under bench-ledger's load (~300 ms of collections per
       worker in 15 s, ~50 ms with these thresholds, measured with `gc.callbacks`).
     - The GIL switch interval (`WSGI_SWITCH_INTERVAL_MS`, default 0.5 ms; CPython's is 5 ms): in a threaded
-      worker, a thread back from I/O, such as a group-commit leader returning from PostgreSQL with its
+      worker, a thread back from I/O, such as a transfer committer returning from PostgreSQL with its
       batch's locks held, waits at most this long while another thread parses a request.
     """
     if switch_interval_ms is None:
