@@ -14,7 +14,7 @@ from django.db import connection, transaction
 from tenants.models import Tenant, User
 from tests.factories import UserFactory
 from tests.ledger_helpers import balance, enable, fund
-from wallet.core.bulk import SentQuery, in_pipeline, pipeline
+from wallet.core.bulk import SentQuery, commit_in_pipeline, in_pipeline, pipeline, pipelined_atomic
 from wallet.events.models import OutboxEvent
 from wallet.ledger import groupcommit
 from wallet.ledger.models import Transfer
@@ -74,6 +74,69 @@ def test_an_error_in_the_pipeline_reaches_the_caller_and_rolls_back(tenant_a: Te
     with connection.cursor() as cursor:  # the connection is usable again
         cursor.execute("SELECT 1")
         assert cursor.fetchone() == (1,)
+
+
+@on_postgresql
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("fail", ["python", "sql"])
+def test_a_pipelined_atomic_block_that_fails_rolls_back_and_leaves_the_connection_as_django_expects(
+        tenant_a: Tenant, fail: str) -> None:
+    from django.db import DatabaseError
+
+    from wallet.events.models import StreamCursor
+
+    with pytest.raises(RuntimeError if fail == "python" else DatabaseError), pipelined_atomic(connection):
+        SentQuery(connection, "INSERT INTO events_streamcursor (tenant_id, stream, last_seq) VALUES (%s, %s, 1) "
+                              "RETURNING last_seq", [tenant_a.pk, "tenant"]).fetchall()
+        if fail == "python":
+            raise RuntimeError("the block fails")
+        SentQuery(connection, "SELECT 1 / %s", [0]).fetchall()
+    assert not in_pipeline(connection) and not connection.in_atomic_block
+    assert connection.get_autocommit() and connection.connection.autocommit
+    assert not StreamCursor.all_tenants.filter(tenant=tenant_a, stream="tenant").exists()
+    with connection.cursor() as cursor:  # usable again, in autocommit
+        cursor.execute("SELECT 1")
+        assert cursor.fetchone() == (1,)
+
+
+@on_postgresql
+@pytest.mark.django_db(transaction=True)
+def test_a_pipelined_atomic_block_sends_begin_with_its_first_read(tenant_a: Tenant) -> None:
+    """One round trip for BEGIN and the first read, one for the COMMIT, one for the closing Sync; psycopg
+    alone waits for its BEGIN first. The callbacks run after the commit, and autocommit is back as Django
+    expects it, inside the block (off) and after it (on)."""
+    from wallet.events.models import StreamCursor
+
+    committed: list[bool] = []
+    after: list[bool] = []
+
+    def block(explicit: bool, stream: str) -> None:
+        with (pipelined_atomic(connection) if explicit else _atomic_pipeline()):
+            SentQuery(connection, "INSERT INTO events_streamcursor (tenant_id, stream, last_seq) "
+                                  "VALUES (%s, %s, 1) RETURNING last_seq", [tenant_a.pk, stream]).fetchall()
+            transaction.on_commit(lambda: committed.append(True))
+            commit_in_pipeline(connection)
+        after.append(connection.get_autocommit())
+
+    assert _round_trips(lambda: block(True, "tenant")) == 3
+    assert _round_trips(lambda: block(False, "tenant-2")) == 4
+    assert committed == [True, True] and after == [True, True]
+    assert connection.connection.autocommit
+    assert set(StreamCursor.all_tenants.filter(tenant=tenant_a).values_list("stream", flat=True)) >= {
+        "tenant", "tenant-2"}
+    with pipelined_atomic(connection):  # inside a block: Django's flag and psycopg's agree again (off)
+        with pipelined_atomic(connection):  # an inner block is a plain savepoint with a pipeline
+            pass
+        assert not connection.get_autocommit()
+
+
+def _atomic_pipeline() -> Any:
+    import contextlib
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(transaction.atomic())
+    stack.enter_context(pipeline(connection))
+    return stack
 
 
 @on_postgresql
@@ -171,9 +234,10 @@ def _round_trips(run: Any) -> int:
 @pytest.mark.django_db(transaction=True)
 def test_a_pipelined_batch_takes_fewer_round_trips(tenant_a: Tenant, senders: list[User],
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    """BEGIN (psycopg waits for it); the claim with the parties' query; the accounts' lock with the ledger
-    head's; the writes (the stream cursors' upsert among them) with COMMIT; the pipeline's closing Sync (after
-    COMMIT, no lock held): five, where one statement at a time takes seven."""
+    """BEGIN with the claim and the parties' query (`bulk.pipelined_atomic`: psycopg alone would wait for its
+    BEGIN); the accounts' lock with the ledger head's; the writes (the stream cursors' upsert among them) with
+    COMMIT; the pipeline's closing Sync (after COMMIT, no lock held): four, where one statement at a time
+    takes seven."""
     groupcommit.execute_batch(tenant_a, _jobs(tenant_a, senders[:2], "payee@example.com", "warm"))  # caches
     outcomes: list[Any] = []
     pipelined = _round_trips(lambda: outcomes.extend(
@@ -182,7 +246,7 @@ def test_a_pipelined_batch_takes_fewer_round_trips(tenant_a: Tenant, senders: li
     plain = _round_trips(lambda: outcomes.extend(
         groupcommit.execute_batch(tenant_a, _jobs(tenant_a, senders[5:8], "payee@example.com", "plain"))))
     assert [outcome.status for outcome in outcomes] == [201] * 6
-    assert (pipelined, plain) == (5, 7)
+    assert (pipelined, plain) == (4, 7)
     assert ledger_verify(tenant=tenant_a).ok
 
 

@@ -214,6 +214,43 @@ def pipeline(connection: BaseDatabaseWrapper) -> Iterator[None]:
         connection.__dict__.pop(_COMMITTED_IN_PIPELINE, None)
 
 
+@contextlib.contextmanager
+def pipelined_atomic(connection: BaseDatabaseWrapper) -> Iterator[None]:
+    """`transaction.atomic()` with `pipeline(connection)` inside it, where the transaction's BEGIN costs no
+    round trip of its own when this block starts the transaction (PostgreSQL, outermost block).
+
+    psycopg opens a transaction with BEGIN followed by a Sync, and so waits for it even in pipeline mode.
+    Here psycopg's connection stays in autocommit for the block and BEGIN is sent as the block's first
+    statement, in the pipeline: it shares the round trip of the block's first read. Django's view is
+    unchanged (an atomic block, `on_commit` callbacks); psycopg's COMMIT and ROLLBACK follow the server's
+    transaction status, not the autocommit flag, so `commit_in_pipeline` and Django's rollback behave as
+    usual, and the flag is put back once the transaction has ended. Elsewhere (SQLite, an inner block, a
+    test's transaction, non-default transaction characteristics) it is `atomic()` with `pipeline()`."""
+    from django.db import transaction
+
+    connection = _wrapper(connection)
+    with transaction.atomic(using=connection.alias):
+        raw = connection.connection if connection.vendor == "postgresql" else None
+        explicit = (
+            raw is not None and len(connection.atomic_blocks) == 1 and not connection.savepoint_ids
+            and raw.pgconn.transaction_status == 0  # IDLE: nothing sent since the block began
+            and raw.isolation_level is None and raw.read_only is None and raw.deferrable is None
+        )
+        if explicit:
+            raw.autocommit = True  # no I/O: the connection is idle and not in pipeline mode yet
+        try:
+            with pipeline(connection):
+                if explicit:
+                    with hot_cursor(connection) as cursor:
+                        cursor.execute("BEGIN", prepare=False)
+                yield
+        finally:
+            if explicit and raw.pgconn.transaction_status == 0:
+                raw.autocommit = False  # as Django left it, for the rest of its atomic block
+            # Otherwise the transaction is still open (it failed, or did not commit in the pipeline): Django's
+            # rollback or commit ends it, then sets autocommit back on itself.
+
+
 def commit_in_pipeline(connection: BaseDatabaseWrapper) -> bool:
     """Inside `pipeline`, at the end of the outermost `transaction.atomic()` block: send COMMIT now, behind
     the statements not yet sent, so that they and the COMMIT share one round trip (the transaction's locks

@@ -30,7 +30,6 @@ within LEDGER_GROUP_COMMIT_WAIT_SECONDS (30 s: its committer hangs) leaves the q
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import threading
@@ -47,7 +46,7 @@ from rest_framework import ISO_8601, serializers
 from rest_framework.settings import api_settings
 
 from tenants.models import Tenant, User
-from wallet.core.bulk import Deferrable, commit_in_pipeline, pipeline
+from wallet.core.bulk import Deferrable, commit_in_pipeline, pipelined_atomic
 from wallet.core.context import request_id_var
 from wallet.core.errors import PROBLEM_CONTENT_TYPE, ApiError, ServiceUnavailable, problem_body
 from wallet.core.jsonutil import dumps
@@ -188,13 +187,14 @@ def execute_batch(tenant: Tenant, jobs: list[TransferJob]) -> list[Outcome]:
     """Claim, execute and store the responses of `jobs` (distinct keys, one tenant) in one transaction.
     Jobs are not changed: a job retried after a failed batch is decided again, in its own transaction.
 
-    Up to PIPELINE_MAX_JOBS jobs, the transaction runs in psycopg's pipeline mode (`bulk.pipeline`): the
-    claim and the parties' query are sent together, then read (one round trip after BEGIN's); the ledger
-    sends its stream cursors' upsert with the head's lock (one round trip), and its last statement goes with
-    the COMMIT. Larger batches (rare over HTTP) keep COPY for their many rows, which pipeline mode lacks."""
+    Up to PIPELINE_MAX_JOBS jobs, the transaction runs in psycopg's pipeline mode (`bulk.pipelined_atomic`):
+    BEGIN, the claim and the parties' query are sent together, then read (one round trip); the ledger locks
+    the accounts with the head (one round trip), and its last statement, every write, goes with the COMMIT
+    (one round trip); then the pipeline's closing Sync. Larger batches (rare over HTTP) keep COPY for their
+    many rows, which pipeline mode lacks."""
     outcomes: list[Outcome | None] = [None] * len(jobs)
     pipelined = len(jobs) <= PIPELINE_MAX_JOBS
-    with transaction.atomic(), (pipeline(connection) if pipelined else contextlib.nullcontext()):
+    with pipelined_atomic(connection) if pipelined else transaction.atomic():
         claiming = idempotency_claims_send(tenant=tenant, requests=[job.claim for job in jobs])
         # Sent before the claims are read, for every job (a replay's parties are read for nothing): one round trip.
         parties = _parties_send(tenant, jobs)
