@@ -405,3 +405,15 @@ def test_a_named_statement_alone_is_refused() -> None:
 
     with pytest.raises(ValueError, match="named statement alone"):
         execute_together(connection, [NamedStatement("SELECT 1", [], "x")])
+
+
+@pytest.mark.django_db
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="deferred writes are PostgreSQL's")
+def test_a_second_deferred_emit_into_the_same_statement_is_refused(tenant_a: Tenant, user_a: User) -> None:
+    with transaction.atomic():
+        deferred: list[Any] = []
+        events_emit(tenant=tenant_a, returning=False, defer=deferred,
+                    events=[EventSpec(user_stream(user_a.pk), "a.one", {})])
+        with pytest.raises(RuntimeError, match="one deferred events_emit per statement"):
+            events_emit(tenant=tenant_a, returning=False, defer=deferred,
+                        events=[EventSpec(user_stream(user_a.pk), "a.two", {})])

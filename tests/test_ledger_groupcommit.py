@@ -357,3 +357,28 @@ def test_the_batch_renders_datetimes_as_drf_does(value: datetime, zone: str | No
 
     with timezone.override(zone) if zone else contextlib.nullcontext():
         assert groupcommit._render_datetime(value) == serializers.DateTimeField().to_representation(value)
+
+
+@pytest.mark.parametrize("why", ["every committer slot is taken", "the thread cannot start"])
+def test_without_a_committer_thread_a_transfer_runs_alone_in_its_request_thread(
+        why: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    threads: list[str] = []
+
+    def recording(tenant: Tenant, jobs: list[Any]) -> list[Any]:
+        threads.append(threading.current_thread().name)
+        return [groupcommit.Outcome(status=201)] * len(jobs)
+
+    monkeypatch.setattr(groupcommit, "execute_batch", recording)
+    slots = threading.BoundedSemaphore(0 if why.startswith("every") else 1)
+    monkeypatch.setattr(groupcommit, "_slots", slots)
+    if why.startswith("the thread"):
+        def failing_start(self: threading.Thread) -> None:
+            raise RuntimeError("can't start new thread")
+
+        monkeypatch.setattr(threading.Thread, "start", failing_start)
+    committer = groupcommit.GroupCommitter()
+    outcome = committer.submit(Tenant(pk=uuid.uuid4()), _job("alone"))
+    assert outcome.status == 201 and threads == [threading.current_thread().name]
+    assert committer._thread is None and list(committer._queue) == []
+    if why.startswith("the thread"):
+        assert slots.acquire(blocking=False)  # the slot was given back

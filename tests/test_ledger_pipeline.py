@@ -124,10 +124,12 @@ def test_a_pipelined_atomic_block_sends_begin_with_its_first_read(tenant_a: Tena
     assert connection.connection.autocommit
     assert set(StreamCursor.all_tenants.filter(tenant=tenant_a).values_list("stream", flat=True)) >= {
         "tenant", "tenant-2"}
-    with pipelined_atomic(connection):  # inside a block: Django's flag and psycopg's agree again (off)
+    with pipelined_atomic(connection):  # the outermost block: psycopg in autocommit, Django's flag off
+        assert connection.connection.autocommit and not connection.get_autocommit()
         with pipelined_atomic(connection):  # an inner block is a plain savepoint with a pipeline
             pass
-        assert not connection.get_autocommit()
+        assert connection.connection.autocommit and not connection.get_autocommit()
+    assert connection.connection.autocommit and connection.get_autocommit()
 
 
 def _atomic_pipeline() -> Any:

@@ -257,7 +257,8 @@ def commit_in_pipeline(connection: BaseDatabaseWrapper) -> bool:
     go one round trip sooner). Django's own commit, when the block exits, then finds no transaction open
     and only runs the `on_commit` callbacks. Does nothing (False) outside pipeline mode, inside an inner
     block or a savepoint (a test's transaction), or when the block must roll back. Call it last in the block:
-    a statement after it would run in a new transaction."""
+    a statement after it would run in a new transaction (in `pipelined_atomic`, in autocommit: committed at
+    once, whatever the block does next)."""
     connection = _wrapper(connection)
     if (not in_pipeline(connection) or len(connection.atomic_blocks) != 1 or connection.savepoint_ids
             or connection.needs_rollback or not connection.commit_on_exit):

@@ -304,6 +304,9 @@ def _defer_events(defer: list[Deferrable], tenant: Tenant, events: Sequence[Even
     event's seq from its stream's new last_seq: the k-th of a stream's n events of this call gets
     last_seq - n + k (the upsert's `RETURNING`: the value it wrote, after waiting for any other
     transaction's lock on the cursor)."""
+    if any(isinstance(statement, NamedStatement) and statement.name.endswith("_cursors") for statement in defer):
+        # Two upserts of one cursor in one statement fail ("cannot affect row a second time").
+        raise RuntimeError("one deferred events_emit per statement: gather the transaction's events in one call")
     prefix = f"ev{len(defer)}"
     wake = None
     if notify is not None:

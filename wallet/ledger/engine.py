@@ -2,19 +2,21 @@
 
 `LedgerBatch` is used inside the caller's `transaction.atomic()` block:
 
-1. `lock(account_ids)` takes the accounts' row locks in primary-key order.
+1. `lock(account_ids, head=...)` takes the accounts' row locks in primary-key order, and with `head` the
+   tenant's `LedgerHead` row lock too (in a `bulk.pipeline`, in the same round trip).
 2. `apply(draft)` checks an entry (two or more postings, zero sum per asset, no account that may not go
    negative goes below zero) against the in-memory balances and records it; a refused draft changes
    nothing, so one batch can hold many independent transfers and refuse some of them.
-3. `flush()` writes the balances and the events (`account.balance_changed` to the owners' streams, plus
-   whatever the caller queued in `events`), and only then takes the tenant's `LedgerHead` row lock, numbers
-   and hashes the entries, and inserts them with their postings.
+3. `flush()` takes the head's lock unless `lock` did, numbers and hashes the entries, and writes the
+   balances, the events (`account.balance_changed` to the owners' streams, plus whatever the caller queued
+   in `events`), the entries and their postings; on PostgreSQL all in one statement (`deferred`).
 
-Lock order, the same for every writer: accounts (by primary key), daily-usage rows, event-stream cursors,
-then the ledger head. The head is taken last and held only for the entry inserts and the commit, so
-transfers on disjoint accounts run in parallel and queue only for their place in the hash chain. Callers
-write everything else of the transaction (transfers, usage) before `flush()`; foreign keys to the entries
-are deferred to commit. Nothing is acknowledged to anyone before the caller's transaction commits.
+Lock order, the same for every writer: accounts (by primary key), the ledger head, daily-usage rows (the
+transfers' senders', whose accounts are locked already), then the event-stream cursors (the outbox's
+upsert, in the last statement). `lock` refuses an account once the head is locked. Transfers on disjoint
+accounts still queue on the head, for their place in the hash chain: the group commit holds it for one
+round trip after it is granted (the last statement, with the COMMIT). Foreign keys to the entries are
+deferred to commit. Nothing is acknowledged to anyone before the caller's transaction commits.
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ from typing import Any
 from uuid import UUID
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 from rest_framework import ISO_8601, serializers
 from rest_framework.settings import api_settings
@@ -75,6 +75,11 @@ def wait_seconds() -> float:
     """How long a request waits for a batch to take it before answering 503 (a committer that hangs, e.g.
     on a dead database connection, must not hold every other transfer of the process forever)."""
     return float(getattr(settings, "LEDGER_GROUP_COMMIT_WAIT_SECONDS", 30.0))
+
+
+def max_committers() -> int:
+    """How many committer threads (each with its own database connection) a process runs at most."""
+    return int(getattr(settings, "LEDGER_GROUP_COMMIT_MAX_COMMITTERS", 8))
 
 
 def idle_seconds() -> float:
@@ -297,18 +302,17 @@ class GroupCommitter:
         at once, alone, in that transaction: no other request may share a transaction it cannot see
         committed."""
         if connection.in_atomic_block:
-            self._run(tenant, [job])
-            assert job.outcome is not None
-            return job.outcome
+            return self._alone(tenant, job)
         job.tenant = tenant
         with self._cond:
             if self._stopping:
                 raise RuntimeError("the transfer committer is stopping")
-            self._queue.append(job)
-            if self._thread is None:
-                self._start()
-            else:
+            queued = self._thread is not None or self._start()
+            if queued:
+                self._queue.append(job)
                 self._cond.notify()
+        if not queued:  # no committer thread to be had (see `_start`): this one runs alone, here
+            return self._alone(tenant, job)
         if not job.event.wait(wait_seconds()):
             with self._cond:
                 queued = job in self._queue
@@ -329,10 +333,26 @@ class GroupCommitter:
         if thread is not None:
             thread.join(timeout)
 
-    def _start(self) -> None:
-        """With the lock held."""
-        self._thread = threading.Thread(target=self._serve, name="transfer-committer", daemon=True)
-        self._thread.start()
+    def _alone(self, tenant: Tenant, job: TransferJob) -> Outcome:
+        self._run(tenant, [job])
+        assert job.outcome is not None
+        return job.outcome
+
+    def _start(self) -> bool:
+        """With the lock held: start the committer thread, unless the process runs LEDGER_GROUP_COMMIT_MAX_COMMITTERS
+        already (each holds a database connection: many tenants at once must not exhaust PostgreSQL's
+        `max_connections`) or the thread cannot start. Then the caller's job runs alone in its own thread."""
+        if not _committer_slots().acquire(blocking=False):
+            return False
+        thread = threading.Thread(target=self._serve, name="transfer-committer", daemon=True)
+        try:
+            thread.start()  # it waits for the lock, held here, before it reads anything
+        except RuntimeError:
+            _committer_slots().release()
+            logger.exception("could not start a transfer committer thread")
+            return False
+        self._thread = thread
+        return True
 
     def _take(self) -> list[TransferJob]:
         """Up to BATCH_MAX queued jobs with distinct keys (a duplicate stays queued for the next batch)."""
@@ -363,12 +383,15 @@ class GroupCommitter:
                 assert tenant is not None
                 self._run(tenant, batch, own_connection=True)
         finally:
+            connection.close()
+            _committer_slots().release()
             with self._cond:
                 if self._thread is me:
                     self._thread = None
-                    if self._queue:  # this thread dies abnormally with work queued: the next one takes it
+                    # This thread dies abnormally with work queued: the next one takes it (if none can start,
+                    # those requests answer 503 after LEDGER_GROUP_COMMIT_WAIT_SECONDS, nothing done).
+                    if self._queue:
                         self._start()
-            connection.close()
 
     def _run(self, tenant: Tenant, batch: list[TransferJob], own_connection: bool = False) -> None:
         """Execute `batch` and answer its jobs. `own_connection`: the committer thread's, outside any
@@ -379,8 +402,9 @@ class GroupCommitter:
                 if own_connection:
                     connection.close_if_unusable_or_obsolete()
                 outcomes = execute_batch(tenant, batch)
-            except Exception:
-                if len(batch) == 1:
+            except Exception as exc:
+                if len(batch) == 1 or isinstance(exc, InterfaceError | OperationalError):
+                    # A connection that broke (or a database that is down) fails every job alike: no retries.
                     raise
                 logger.exception("transfer batch of %d failed; running each alone", len(batch))
                 outcomes = []
@@ -407,13 +431,25 @@ class GroupCommitter:
 
 _committers: dict[Any, GroupCommitter] = {}
 _committers_lock = threading.Lock()
+_slots: threading.BoundedSemaphore | None = None
+
+
+def _committer_slots() -> threading.BoundedSemaphore:
+    """One slot per committer thread that may run (LEDGER_GROUP_COMMIT_MAX_COMMITTERS, read once)."""
+    global _slots
+    if _slots is None:
+        with _committers_lock:
+            if _slots is None:
+                _slots = threading.BoundedSemaphore(max_committers())
+    return _slots
 
 
 def _forget_committers() -> None:
     """In a forked child: the parent's committer threads do not exist there."""
-    global _committers_lock
+    global _committers_lock, _slots
     _committers.clear()
     _committers_lock = threading.Lock()
+    _slots = None
 
 
 os.register_at_fork(after_in_child=_forget_committers)
@@ -428,7 +464,7 @@ def committer_for(tenant: Tenant) -> GroupCommitter:
 
 
 def committers_stop(timeout: float | None = 10.0) -> None:
-    """Stop every committer of this process after it commits what is queued (tests; shutdown)."""
+    """Stop every committer of this process after it commits what is queued (the tests, after each one)."""
     with _committers_lock:
         committers = list(_committers.values())
         _committers.clear()

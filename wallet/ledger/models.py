@@ -124,8 +124,8 @@ class Account(TenantOwned):
 
 
 class LedgerHead(models.Model):
-    """The head of a tenant's hash chain; locked by every ledger write of that tenant (the first lock
-    taken, so that writers queue here instead of deadlocking on accounts)."""
+    """The head of a tenant's hash chain; locked by every ledger write of that tenant, right after its
+    accounts (wallet/ledger/engine.py: the lock order)."""
 
     tenant = models.OneToOneField("tenants.Tenant", on_delete=models.PROTECT, primary_key=True, related_name="+")
     seq = models.BigIntegerField(default=0)

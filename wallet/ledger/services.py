@@ -1,7 +1,7 @@
 """Writes of the money core: accounts, transfers, holds, sandbox funding and reversals.
 
 Every function that moves money runs inside one database transaction, through `LedgerBatch` (lock order:
-the tenant's ledger head, then accounts by primary key, then daily-usage rows, then event streams).
+accounts by primary key, then the tenant's ledger head, then daily-usage rows, then event-stream cursors).
 """
 
 from __future__ import annotations
@@ -175,8 +175,8 @@ def transfers_execute(
     `known_accounts`: user account ids by (user id, asset id) that the caller read in its transaction
     (`selectors.transfer_parties_send`); they are not looked up again, and cached once it commits.
     `before_flush(results, defer)`: called with the results once every transfer is decided, before the
-    ledger head is locked; statements it appends to `defer` (None: not PostgreSQL) run with the ledger's
-    last one (the group commit stores its answers so).
+    ledger's writes; statements it appends to `defer` (None: not PostgreSQL) run with the ledger's last
+    one (the group commit stores its answers so).
     """
     from wallet.events.services import EventSpec, user_stream
 
@@ -278,7 +278,7 @@ def transfers_execute(
                 transfers.append(transfer)
                 results[index] = transfer
                 events.extend(transfer_events)
-            # Everything but the entries first: the ledger head is locked by flush(), for the entries only.
+            # On PostgreSQL these writes are deferred to flush()'s one statement (`batch.deferred`).
             if transfers:
                 _transfers_insert(transfers, defer=batch.deferred,
                                   rows=[rows[t.pk] for t in transfers] if rows else None)

@@ -194,6 +194,9 @@ LEDGER_GROUP_COMMIT_WAIT_SECONDS = float(os.environ.get("LEDGER_GROUP_COMMIT_WAI
 # How long a tenant's transfer committer thread (one per tenant and process) waits for work before it ends
 # and closes its database connection.
 LEDGER_GROUP_COMMIT_IDLE_SECONDS = float(os.environ.get("LEDGER_GROUP_COMMIT_IDLE_SECONDS", "10"))
+# At most this many committer threads (and their database connections) per process; a tenant's transfer that
+# finds none free runs alone in its request thread.
+LEDGER_GROUP_COMMIT_MAX_COMMITTERS = int(os.environ.get("LEDGER_GROUP_COMMIT_MAX_COMMITTERS", "8"))
 # Batches of at least this many transfers queue on their tenant's writer lock (PostgreSQL advisory lock)
 # before they lock accounts: large batches almost always share accounts, and one at a time is faster
 # than a convoy of half-locked batches (0 disables it). See wallet/ledger/engine.py, tenant_writer_lock.
