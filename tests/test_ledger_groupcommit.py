@@ -382,3 +382,28 @@ def test_without_a_committer_thread_a_transfer_runs_alone_in_its_request_thread(
     assert committer._thread is None and list(committer._queue) == []
     if why.startswith("the thread"):
         assert slots.acquire(blocking=False)  # the slot was given back
+
+
+@pytest.mark.parametrize("lost", [False, True])
+def test_a_batch_that_fails_with_an_operational_error_is_retried_alone_unless_the_connection_is_lost(
+        lost: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A deadlock or a lock timeout (OperationalError on a live connection) is retried job by job; a lost
+    connection fails every job alike, without a retry per job."""
+    from django.db import OperationalError
+
+    calls: list[int] = []
+
+    def failing_once(tenant: Tenant, jobs: list[Any]) -> list[Any]:
+        calls.append(len(jobs))
+        if len(calls) == 1:
+            raise OperationalError("deadlock detected" if not lost else "server closed the connection")
+        return [groupcommit.Outcome(status=201)] * len(jobs)
+
+    monkeypatch.setattr(groupcommit, "execute_batch", failing_once)
+    monkeypatch.setattr(groupcommit, "_connection_lost", lambda: lost)
+    batch = [_job("a"), _job("b")]
+    groupcommit.GroupCommitter()._run(Tenant(pk=uuid.uuid4()), batch)
+    if lost:
+        assert calls == [2] and all(isinstance(job.outcome.error, OperationalError) for job in batch)
+    else:
+        assert calls == [2, 1, 1] and [job.outcome.status for job in batch] == [201, 201]

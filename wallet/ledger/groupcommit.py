@@ -403,8 +403,9 @@ class GroupCommitter:
                     connection.close_if_unusable_or_obsolete()
                 outcomes = execute_batch(tenant, batch)
             except Exception as exc:
-                if len(batch) == 1 or isinstance(exc, InterfaceError | OperationalError):
+                if len(batch) == 1 or (isinstance(exc, InterfaceError | OperationalError) and _connection_lost()):
                     # A connection that broke (or a database that is down) fails every job alike: no retries.
+                    # (A deadlock or a lock timeout is an OperationalError too, on a live connection: retried.)
                     raise
                 logger.exception("transfer batch of %d failed; running each alone", len(batch))
                 outcomes = []
@@ -427,6 +428,12 @@ class GroupCommitter:
         for job, outcome in zip(batch, outcomes, strict=True):
             job.outcome = outcome
             job.event.set()
+
+
+def _connection_lost() -> bool:
+    """Whether this thread's database connection is closed or broke (psycopg's view; no round trip)."""
+    raw = connection.connection
+    return raw is None or bool(getattr(raw, "closed", False)) or bool(getattr(raw, "broken", False))
 
 
 _committers: dict[Any, GroupCommitter] = {}
