@@ -407,3 +407,38 @@ def test_a_batch_that_fails_with_an_operational_error_is_retried_alone_unless_th
         assert calls == [2] and all(isinstance(job.outcome.error, OperationalError) for job in batch)
     else:
         assert calls == [2, 1, 1] and [job.outcome.status for job in batch] == [201, 201]
+
+
+def test_a_transfer_arriving_while_an_idle_committer_closes_its_connection_starts_another(
+        settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An idle committer gives up its place before it closes its connection: a job submitted meanwhile is
+    not queued behind a thread that is ending (it would wait LEDGER_GROUP_COMMIT_WAIT_SECONDS for a 503)."""
+    settings.LEDGER_GROUP_COMMIT_IDLE_SECONDS = 0.05
+    settings.LEDGER_GROUP_COMMIT_WAIT_SECONDS = 5
+    closing, release = threading.Event(), threading.Event()
+
+    class SlowToClose:
+        in_atomic_block = False
+
+        def close(self) -> None:
+            if not closing.is_set():
+                closing.set()
+                release.wait(10)
+
+        def close_if_unusable_or_obsolete(self) -> None:
+            pass
+
+    monkeypatch.setattr(groupcommit, "connection", SlowToClose())
+    monkeypatch.setattr(groupcommit, "execute_batch",
+                        lambda tenant, jobs: [groupcommit.Outcome(status=201)] * len(jobs))
+    tenant = Tenant(pk=uuid.uuid4())
+    committer = groupcommit.GroupCommitter()
+    assert committer.submit(tenant, _job("first")).status == 201
+    assert closing.wait(5)  # the first thread is idle and closing its connection
+    try:
+        started = time.monotonic()
+        assert committer.submit(tenant, _job("second")).status == 201
+        assert time.monotonic() - started < 2
+    finally:
+        release.set()
+    committer.stop(10)

@@ -48,3 +48,10 @@ def test_records_with_an_exception_or_a_dict_message_go_through_python_json_logg
     line = json.loads(JsonFormatter().format(failing))
     assert "ValueError: boom" in line["exc_info"] and line["message"] == "failed"
     assert json.loads(JsonFormatter().format(_record(msg={"event": "x"}, args=())))["event"] == "x"
+
+
+def test_a_non_string_extra_key_is_written_as_python_json_logger_writes_it() -> None:
+    record = _record()
+    record.__dict__[1] = "one"
+    formatter = JsonFormatter()
+    assert json.loads(formatter.format(record))["1"] == "one"

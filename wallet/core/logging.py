@@ -53,10 +53,10 @@ class JsonFormatter(_JsonFormatter):
             data[key] = fields.get(key)
         skip = self._skip
         for key, value in fields.items():
-            if key not in skip and not key.startswith("_"):
+            if key not in skip and not (isinstance(key, str) and key.startswith("_")):
                 data[key] = value
         data["timestamp"] = datetime.fromtimestamp(record.created, tz=UTC)
         try:
             return orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS).decode()
-        except TypeError:  # a value orjson does not know (or an int beyond 64 bits)
+        except (TypeError, ValueError):  # a value orjson does not know (or an int beyond 64 bits)
             return super().format(record)

@@ -10,7 +10,8 @@ all their transfers (`transfers_execute`: one lock of the accounts, one write of
 every response under its key (one statement) and commits; then it hands the outcome to each waiting
 thread and takes the next batch at once. While a batch runs, the next one gathers: the busier the server,
 the larger the batches (TigerBeetle's batching, on PostgreSQL). A job submitted inside a transaction of the
-caller runs there, alone.
+caller runs there, alone; so does one whose process runs LEDGER_GROUP_COMMIT_MAX_COMMITTERS committer threads
+already (each holds a database connection), in its request thread.
 
 Guarantees are those of `@idempotent` (wallet/idempotency/api.py), per job:
 - the record of a key and the effect commit together or not at all;
@@ -342,13 +343,14 @@ class GroupCommitter:
         """With the lock held: start the committer thread, unless the process runs LEDGER_GROUP_COMMIT_MAX_COMMITTERS
         already (each holds a database connection: many tenants at once must not exhaust PostgreSQL's
         `max_connections`) or the thread cannot start. Then the caller's job runs alone in its own thread."""
-        if not _committer_slots().acquire(blocking=False):
+        slots = _committer_slots()
+        if not slots.acquire(blocking=False):
             return False
-        thread = threading.Thread(target=self._serve, name="transfer-committer", daemon=True)
+        thread = threading.Thread(target=self._serve, args=(slots,), name="transfer-committer", daemon=True)
         try:
             thread.start()  # it waits for the lock, held here, before it reads anything
         except RuntimeError:
-            _committer_slots().release()
+            slots.release()
             logger.exception("could not start a transfer committer thread")
             return False
         self._thread = thread
@@ -370,28 +372,36 @@ class GroupCommitter:
         self._queue = kept
         return batch
 
-    def _serve(self) -> None:
+    def _serve(self, slots: threading.BoundedSemaphore) -> None:
+        """The committer thread. `slots`: the semaphore its slot was taken from, given back when it ends."""
         me = threading.current_thread()
         try:
             while True:
                 with self._cond:
                     self._cond.wait_for(lambda: self._queue or self._stopping, idle_seconds())
-                    if not self._queue:  # idle (or stopping): end; the next submission starts a thread
+                    if not self._queue:
+                        # Idle (or stopping): from now on a submission starts another thread (or runs alone),
+                        # so nothing queues behind this one while it closes its connection.
+                        self._thread = None
                         return
                     batch = self._take()
                 tenant = batch[0].tenant
                 assert tenant is not None
                 self._run(tenant, batch, own_connection=True)
         finally:
-            connection.close()
-            _committer_slots().release()
-            with self._cond:
-                if self._thread is me:
-                    self._thread = None
-                    # This thread dies abnormally with work queued: the next one takes it (if none can start,
-                    # those requests answer 503 after LEDGER_GROUP_COMMIT_WAIT_SECONDS, nothing done).
-                    if self._queue:
-                        self._start()
+            try:
+                connection.close()
+            except Exception:
+                logger.exception("closing a transfer committer's database connection failed")
+            finally:
+                slots.release()
+                with self._cond:
+                    if self._thread is me:  # it dies abnormally (an exception escaped a batch)
+                        self._thread = None
+                        if self._queue and not self._start():  # nobody can take them: answer now, nothing done
+                            pending, self._queue = list(self._queue), deque()
+                            self._deliver(pending, [Outcome(error=TransferQueueTimeout(retry_after=1))
+                                                    for _ in pending])
 
     def _run(self, tenant: Tenant, batch: list[TransferJob], own_connection: bool = False) -> None:
         """Execute `batch` and answer its jobs. `own_connection`: the committer thread's, outside any
