@@ -80,7 +80,7 @@ def wait_seconds() -> float:
 
 def max_committers() -> int:
     """How many committer threads (each with its own database connection) a process runs at most."""
-    return int(getattr(settings, "LEDGER_GROUP_COMMIT_MAX_COMMITTERS", 8))
+    return max(0, int(getattr(settings, "LEDGER_GROUP_COMMIT_MAX_COMMITTERS", 8)))  # 0: every transfer alone
 
 
 def idle_seconds() -> float:
