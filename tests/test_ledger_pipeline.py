@@ -282,3 +282,23 @@ def test_a_closing_sync_that_fails_after_commit_keeps_the_batch(tenant_a: Tenant
         groupcommit.execute_batch(tenant_a, _jobs(tenant_a, senders[3:6], "payee@example.com", "t"))
     monkeypatch.setattr(psycopg.Pipeline, "__exit__", real_exit)
     assert not Transfer.all_tenants.filter(memo__startswith="t-").exists()
+
+
+@on_postgresql
+@pytest.mark.django_db(transaction=True)
+def test_a_tenants_first_batch_with_nothing_to_record_creates_no_ledger_head(tenant_a: Tenant) -> None:
+    """A tenant without entries has no head: a pipelined batch whose transfers are all refused locks none and
+    creates none; the first entry creates it."""
+    from wallet.ledger.models import LedgerHead
+
+    enable(tenant_a, "USD")
+    UserFactory(tenant=tenant_a, email="payee@example.com")
+    broke = [UserFactory(tenant=tenant_a, email=f"broke{i}@example.com") for i in range(2)]
+    outcomes = groupcommit.execute_batch(tenant_a, _jobs(tenant_a, broke, "payee@example.com", "first"))
+    assert [outcome.status for outcome in outcomes] == [409, 409]
+    assert not LedgerHead.objects.filter(tenant=tenant_a).exists()
+    fund(broke[0], 50)  # the tenant's first entry
+    outcomes = groupcommit.execute_batch(tenant_a, _jobs(tenant_a, broke[:1], "payee@example.com", "then"))
+    assert [outcome.status for outcome in outcomes] == [201]
+    assert LedgerHead.objects.get(tenant=tenant_a).seq == 2
+    assert ledger_verify(tenant=tenant_a).ok

@@ -211,9 +211,11 @@ class LedgerBatch:
         wanted = sorted({a if isinstance(a, UUID) else UUID(str(a)) for a in account_ids} - self.accounts.keys())
         if wanted and self.head is not None and connection.vendor == "postgresql":
             raise RuntimeError("accounts must be locked before the ledger head")
+        head = head and self.head is None
         if wanted and connection.vendor == "postgresql":
-            self._lock_raw(wanted, head=head and self.head is None)
-        elif wanted:
+            self._lock_raw(wanted, head=head)  # the head's lock with the accounts' (one round trip in a pipeline)
+            return self.accounts
+        if wanted:
             rows = (
                 # of=("self",): lock the accounts only, not the asset rows joined in (shared by everyone)
                 Account.all_tenants.select_for_update(of=("self",))
@@ -226,8 +228,8 @@ class LedgerBatch:
             missing = set(wanted) - self.accounts.keys()
             if missing:
                 raise LookupError(f"accounts not found in tenant {self.tenant.slug}: {sorted(missing)}")
-        if head and self.head is None:
-            self._lock_head()
+        if head:
+            self._lock_head(create=False)
         return self.accounts
 
     def _lock_raw(self, wanted: list[UUID], head: bool = False) -> None:
@@ -246,22 +248,19 @@ class LedgerBatch:
             account = loaded(Account, alias, values, {"asset": asset_cached(values["asset_id"])})
             self.accounts[account.pk] = account
         if head_sent is not None:
-            self._head_found(head_sent.fetchone())
+            # A tenant without entries has no head yet: `flush` creates it if this batch records one.
+            self.head = _head_from(self.tenant, head_sent.fetchone())
         missing = set(wanted) - self.accounts.keys()
         if missing:
             raise LookupError(f"accounts not found in tenant {self.tenant.slug}: {sorted(missing)}")
 
-    def _lock_head(self) -> None:
-        self._head_found(_head_lock_send(self.tenant).fetchone())
-
-    def _head_found(self, row: tuple[Any, ...] | None) -> None:
-        """The head's locked row, or, for the tenant's first entry, a new head, locked."""
-        head = _head_from(self.tenant, row)
-        if head is None:
+    def _lock_head(self, *, create: bool) -> None:
+        """Lock the tenant's head; with `create`, create it first if the tenant has none (its first entry)."""
+        self.head = _head_locked(self.tenant)
+        if self.head is None and create:
             LedgerHead.objects.bulk_create([LedgerHead(tenant=self.tenant)], ignore_conflicts=True)
-            head = _head_locked(self.tenant)
-            assert head is not None
-        self.head = head
+            self.head = _head_locked(self.tenant)
+            assert self.head is not None
 
     def account(self, account_id: UUID) -> Account:
         return self.accounts[account_id]
@@ -325,7 +324,7 @@ class LedgerBatch:
         `bulk.pipeline`, with the COMMIT. The accounts' and the head's locks are then held for one round trip
         after they are granted."""
         if self.drafts and self.head is None:
-            self._lock_head()
+            self._lock_head(create=True)
         self._write_balances()
         self._emit_balance_events()
         if not self.drafts:

@@ -326,7 +326,7 @@ class GroupCommitter:
         return job.outcome
 
     def stop(self, timeout: float | None = None) -> None:
-        """Commit what is queued, then end the committer thread (tests, shutdown)."""
+        """Commit what is queued, then end the committer thread (`committers_stop`: the tests)."""
         with self._cond:
             self._stopping = True
             thread = self._thread
