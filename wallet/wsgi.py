@@ -5,8 +5,8 @@ import os
 
 from django.core.wsgi import get_wsgi_application
 
-from wallet.core.runtime import process_tune
+from wallet.core.runtime import process_tune, whole_responses
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "wallet.settings.development")
-application = get_wsgi_application()
+application = whole_responses(get_wsgi_application())  # one call into Python per request: wallet/core/runtime.py
 process_tune()  # a frozen start-up heap, rarer collections, a 0.5 ms GIL switch interval: wallet/core/runtime.py

@@ -8,10 +8,12 @@ import time
 import uuid
 from collections.abc import Callable
 
+from corsheaders.middleware import CorsMiddleware as _CorsMiddleware
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.handlers.exception import convert_exception_to_response
 from django.http import HttpRequest, HttpResponse
+from django.utils.cache import patch_vary_headers
 from django.utils.functional import empty
 from django.utils.module_loading import import_string
 
@@ -66,6 +68,21 @@ def _loaded_user_id(request: HttpRequest) -> str | None:
     if wrapped is empty or not getattr(wrapped, "is_authenticated", False):
         return None
     return str(wrapped.pk)
+
+
+class CorsMiddleware(_CorsMiddleware):
+    """django-cors-headers, without its work for requests that carry no `Origin` (the Flutter app's, servers'):
+    such a request gets what the library gives it, `Vary: origin` where CORS applies and no CORS header,
+    without building `request.headers` (every header parsed into a new mapping, ~3% of a transfer request's
+    CPU). Preflights, requests with an `Origin` and the async path are the library's own."""
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:  # type: ignore[override]
+        if self.async_mode or request.method == "OPTIONS" or "HTTP_ORIGIN" in request.META:
+            return super().__call__(request)  # type: ignore[return-value]
+        response = self.get_response(request)
+        if self.is_enabled(request):
+            patch_vary_headers(response, ("origin",))
+        return response  # type: ignore[return-value]
 
 
 class BodySizeMiddleware:

@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import sys
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from django.http import HttpResponse
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
 def process_tune(*, switch_interval_ms: float | None = None) -> None:
@@ -19,6 +26,9 @@ def process_tune(*, switch_interval_ms: float | None = None) -> None:
       allocates a few thousand objects, nearly all freed by reference counting, and the young collections
       every few requests cost ~2% of a worker's CPU under bench-ledger's load (~300 ms of collections per
       worker in 15 s, ~50 ms with these thresholds, measured with `gc.callbacks`).
+    - Log records skip what no formatter of ours prints (the Python logging HOWTO's "Optimization"): the
+      caller's file and line (`logging._srcfile = None` spares a stack walk per record), the thread and
+      process names. Every API request writes a log line; `LOG_RECORD_CALLER=1` keeps them all.
     - The GIL switch interval (`WSGI_SWITCH_INTERVAL_MS`, default 0.5 ms; CPython's is 5 ms): in a threaded
       worker, a thread back from I/O, such as a transfer committer returning from PostgreSQL with its
       batch's locks held, waits at most this long while another thread parses a request.
@@ -26,8 +36,36 @@ def process_tune(*, switch_interval_ms: float | None = None) -> None:
     if switch_interval_ms is None:
         switch_interval_ms = float(os.environ.get("WSGI_SWITCH_INTERVAL_MS", "0.5"))
     sys.setswitchinterval(switch_interval_ms / 1000)
+    if os.environ.get("LOG_RECORD_CALLER", "") not in ("1", "true", "yes"):
+        logging._srcfile = None  # type: ignore[attr-defined]  # documented in the logging HOWTO
+        logging.logThreads = False
+        logging.logProcesses = False
+        logging.logMultiprocessing = False
     threshold = int(os.environ.get("WSGI_GC_THRESHOLD", "20000"))
     if threshold > 0:
         gc.set_threshold(threshold, 50, 100)
     gc.collect()
     gc.freeze()
+
+
+def whole_responses(app: WSGIApp) -> WSGIApp:
+    """The WSGI app, answering a plain `HttpResponse` as a one-item list of its bytes, closed already.
+
+    Django hands the server its response object to iterate and close. granian (docs/ARCHITECTURE.md) then
+    calls back into Python from its own thread for each chunk and for `close()`, taking the GIL again each
+    time: with 32 threads of a worker and the transfer committer after it, every extra acquisition waits
+    its turn and costs context switches. Here the body is read and the response closed (Django's
+    `request_finished`: connections checked, caches closed) in the request's own turn, and the server sends
+    the list at once (PEP 3333 allows either). Streaming and file responses go through as they are."""
+
+    def application(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        response = app(environ, start_response)
+        if not isinstance(response, HttpResponse):
+            return response
+        try:
+            body = response.content
+        finally:
+            response.close()
+        return [body]
+
+    return application

@@ -80,7 +80,7 @@ MIDDLEWARE = [
     "wallet.core.middleware.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
-    "corsheaders.middleware.CorsMiddleware",
+    "wallet.core.middleware.CorsMiddleware",  # django-cors-headers', quicker without an Origin
     "wallet.core.middleware.BodySizeMiddleware",
     "tenants.middleware.AppTenantMiddleware",
     "django.middleware.common.CommonMiddleware",
