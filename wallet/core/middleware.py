@@ -79,8 +79,11 @@ class CorsMiddleware(_CorsMiddleware):
     def __call__(self, request: HttpRequest) -> HttpResponse:  # type: ignore[override]
         if self.async_mode or request.method == "OPTIONS" or "HTTP_ORIGIN" in request.META:
             return super().__call__(request)  # type: ignore[return-value]
+        # Decided before the view, as the library does (`check_request_enabled` receivers see the request as
+        # it arrived).
+        enabled = request._cors_enabled = self.is_enabled(request)  # type: ignore[attr-defined]
         response = self.get_response(request)
-        if self.is_enabled(request):
+        if enabled:
             patch_vary_headers(response, ("origin",))
         return response  # type: ignore[return-value]
 

@@ -11,6 +11,8 @@ from typing import Any
 
 from django.http import HttpResponse
 
+logger = logging.getLogger(__name__)
+
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
@@ -27,8 +29,9 @@ def process_tune(*, switch_interval_ms: float | None = None) -> None:
       every few requests cost ~2% of a worker's CPU under bench-ledger's load (~300 ms of collections per
       worker in 15 s, ~50 ms with these thresholds, measured with `gc.callbacks`).
     - Log records skip what no formatter of ours prints (the Python logging HOWTO's "Optimization"): the
-      caller's file and line (`logging._srcfile = None` spares a stack walk per record), the thread and
-      process names. Every API request writes a log line; `LOG_RECORD_CALLER=1` keeps them all.
+      caller's file and line (`logging._srcfile = None` spares a stack walk per record), the thread's name
+      and the multiprocessing process name. Every API request writes a log line; `LOG_RECORD_CALLER=1`
+      keeps them all. The process id stays: gunicorn's own error log formats it with `%(process)d`.
     - The GIL switch interval (`WSGI_SWITCH_INTERVAL_MS`, default 0.5 ms; CPython's is 5 ms): in a threaded
       worker, a thread back from I/O, such as a transfer committer returning from PostgreSQL with its
       batch's locks held, waits at most this long while another thread parses a request.
@@ -39,7 +42,6 @@ def process_tune(*, switch_interval_ms: float | None = None) -> None:
     if os.environ.get("LOG_RECORD_CALLER", "") not in ("1", "true", "yes"):
         logging._srcfile = None  # type: ignore[attr-defined]  # documented in the logging HOWTO
         logging.logThreads = False
-        logging.logProcesses = False
         logging.logMultiprocessing = False
     threshold = int(os.environ.get("WSGI_GC_THRESHOLD", "20000"))
     if threshold > 0:
@@ -52,11 +54,14 @@ def whole_responses(app: WSGIApp) -> WSGIApp:
     """The WSGI app, answering a plain `HttpResponse` as a one-item list of its bytes, closed already.
 
     Django hands the server its response object to iterate and close. granian (docs/ARCHITECTURE.md) then
-    calls back into Python from its own thread for each chunk and for `close()`, taking the GIL again each
-    time: with 32 threads of a worker and the transfer committer after it, every extra acquisition waits
-    its turn and costs context switches. Here the body is read and the response closed (Django's
-    `request_finished`: connections checked, caches closed) in the request's own turn, and the server sends
-    the list at once (PEP 3333 allows either). Streaming and file responses go through as they are."""
+    iterates it in the request's thread, releasing the GIL around the hand-over of each chunk and taking
+    it again for the next: with 32 threads of a worker and the transfer committer after it, every
+    re-acquisition waits its turn and costs context switches. A list goes out in one piece, with no
+    release. Here the body is read and the response closed (Django's `request_finished`: connections
+    checked, caches closed) before the server sends anything (PEP 3333 allows either). A failure while
+    closing is logged and the response still goes out, as when the server closed it after sending (a
+    committed transfer must not reach its client as a 500). Streaming and file responses go through as
+    they are."""
 
     def application(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         response = app(environ, start_response)
@@ -65,7 +70,10 @@ def whole_responses(app: WSGIApp) -> WSGIApp:
         try:
             body = response.content
         finally:
-            response.close()
+            try:
+                response.close()
+            except Exception:
+                logger.exception("closing the response failed (request_finished); the response is sent")
         return [body]
 
     return application
