@@ -19,9 +19,10 @@ In one invocation:
 (c) `POST /api/v1/transfers` (X-App-Key, Bearer token of one of 64 senders, a fresh Idempotency-Key per
     request, JSON body) on granian (WSGI, 2 workers x 32 blocking threads: the production web server) and on
     gunicorn (2 gthread workers x 32 threads), one at a time, with wrk (bench/ledger_transfers.lua, 96
-    connections), three maximum runs per server of which the median counts (this machine's speed drifts by
-    +-10% within minutes; pgbench's reference is a median of three too), back to back with the bare Django
-    view on the same server; then, on the better server, a run paced at half its maximum, for the p99. 96
+    connections), three maximum runs per server, each right after a pgbench run of its own: the server's
+    http_ratio is the median of the three paired ratios (this machine is shared and its speed drifts by
+    +-10% or more within minutes: a reference taken minutes away measures the drift as much as the
+    server), back to back with the bare Django view on the same server; then, on the better server, a run paced at half its maximum, for the p99. 96
     connections: the group commit answers a request when its batch commits (~10-20 ms under load), so 16
     connections cap a server near 16 / 20 ms whatever its speed (Little's law); a server at ~1,000 req/s has
     many more clients than that. With 64 connections 14-17% of the machine's CPU stayed idle at the maximum
@@ -41,14 +42,17 @@ The last line printed is
     ledger: service=<tps> pgbench=<tps> ratio=<service/pgbench> hot_ratio=<hot/uniform> http=<req/s>
             http_ratio=<http/pgbench> bare_django=<req/s> p99_ms=<http p99 at half load> verify=ok
 
-(on one line). Exit status 1 if a verification fails or a run had errors (the summary is still printed).
+(on one line). `pgbench` is the median of the three reference runs, `ratio` the service against it;
+`http_ratio` is the median of the better server's paired ratios, each HTTP run against the pgbench run
+just before it, and `http` the run of that median. Exit status 1 if a verification fails or a run had errors (the summary is still printed).
 
 Tunables (environment): BENCH_SECONDS (8, measured seconds per run), BENCH_WARMUP_SECONDS (2),
 BENCH_PGBENCH_SECONDS (8), BENCH_PGBENCH_SCALE (10), BENCH_CLIENTS (8: pgbench clients and service
 workers), BENCH_BATCH_SIZES (1,16,64,256), BENCH_USERS (1000), BENCH_ZIPF_S (1.1), BENCH_HTTP_SENDERS (64),
 BENCH_THREADS (2), BENCH_CONNECTIONS (96), BENCH_HTTP_WORKERS (2), BENCH_HTTP_THREADS (32), BENCH_HTTP_RUNS (3),
 BENCH_PYSPY_DIR (unset; if set, py-spy raw profiles of worker 0 during each service run and of the
-server's workers during each HTTP maximum run go there: summarise them with bench/ledger_profile.py).
+server's workers during the first HTTP maximum run of each server go there: summarise them with
+bench/ledger_profile.py; that run is slower and counts like the others).
 """
 
 from __future__ import annotations
@@ -103,7 +107,7 @@ HTTP_WORKERS = int(os.environ.get("BENCH_HTTP_WORKERS", "2"))
 HTTP_THREADS = int(os.environ.get("BENCH_HTTP_THREADS", "32"))
 PYSPY_DIR = os.environ.get("BENCH_PYSPY_DIR", "")
 # Maximum runs of POST /api/v1/transfers per server; the median counts (as pgbench's median of three does).
-HTTP_RUNS = int(os.environ.get("BENCH_HTTP_RUNS", "3"))
+HTTP_RUNS = max(1, int(os.environ.get("BENCH_HTTP_RUNS", "3")))
 
 FUNDING = 10_000_000  # smallest units per user ($100,000.00)
 AMOUNT_MAX = 100  # transfers are 1..100 cents: insufficient funds stays rare, also for hot senders
@@ -555,9 +559,15 @@ def http_probe(bench_tenant: BenchTenant, token: str, recipient: str, count: int
     print_statements(statements)
 
 
-def http_phase(servers: Servers, env: dict[str, str], bench_tenant: BenchTenant, work_dir: Path
-               ) -> tuple[HttpResult, float, HttpResult, str]:
-    """Returns the better server's maximum, its bare_django rate, the paced run and the server's name."""
+def http_phase(servers: Servers, env: dict[str, str], bench_tenant: BenchTenant, work_dir: Path, pg: Postgres
+               ) -> tuple[HttpResult, float, float, HttpResult, str, list[tuple[float, bool]]]:
+    """Returns the better server's maximum, its ratio to pgbench, its bare_django rate, the paced run, the
+    server's name and the paired pgbench runs (tps, conservation ok).
+
+    Each maximum run comes right after a pgbench run of its own (the pair a few seconds apart): this
+    machine is shared and its speed drifts by +-10% or more within minutes, so a ratio to a reference
+    measured minutes earlier measures the drift as much as the server. A server's ratio is the median of
+    its paired ratios, and its maximum the run of that median."""
     from django.db import connections
 
     from tenants.auth.sessions import session_start
@@ -602,6 +612,8 @@ def http_phase(servers: Servers, env: dict[str, str], bench_tenant: BenchTenant,
         return server, base
 
     results: dict[str, HttpResult] = {}
+    ratios: dict[str, float] = {}
+    paired_pgbench: list[tuple[float, bool]] = []
     bare: dict[str, float] = {}
     for round_number, name in enumerate(kinds):
         server, base = start(name)
@@ -612,8 +624,10 @@ def http_phase(servers: Servers, env: dict[str, str], bench_tenant: BenchTenant,
         order = ["transfers", "bare"] if round_number % 2 == 0 else ["bare", "transfers"]
         for what in order:
             if what == "transfers":
-                maxima = []
+                maxima: list[tuple[float, HttpResult, float]] = []  # (ratio, run, pgbench tps)
                 for attempt in range(1, HTTP_RUNS + 1):
+                    reference = pgbench_run(pg, f"paired with {name} run {attempt}/{HTTP_RUNS}")
+                    paired_pgbench.append(reference)
                     profiler = None
                     if PYSPY_DIR and attempt == 1:
                         profiler = pyspy_start(server.process.pid, f"http-{name}", SECONDS)
@@ -623,17 +637,18 @@ def http_phase(servers: Servers, env: dict[str, str], bench_tenant: BenchTenant,
                         profiler.wait()
                     bench_tenant.acknowledged += result.created
                     bench_tenant.in_flight_max += CONNECTIONS
-                    maxima.append(result)
+                    maxima.append((ratio(result.rps, reference[0]), result, reference[0]))
                     say(f"http {name} POST /api/v1/transfers, run {attempt}/{HTTP_RUNS}: {result.rps:.0f} req/s "
-                        f"({result.created} x 201), p50 {result.p50_ms:.1f} ms, p90 {result.p90_ms:.1f} ms, "
-                        f"p99 {result.p99_ms:.1f} ms (wrk -t{THREADS} -c{CONNECTIONS} -d{SECONDS}s), load {loadavg()}")
+                        f"({result.created} x 201, {ratio(result.rps, reference[0]):.3f} of the pgbench run just "
+                        f"before), p50 {result.p50_ms:.1f} ms, p90 {result.p90_ms:.1f} ms, p99 {result.p99_ms:.1f} ms "
+                        f"(wrk -t{THREADS} -c{CONNECTIONS} -d{SECONDS}s), load {loadavg()}")
                     say(f"    db backends in a transaction: {sampler.summary()}")
-                # The median run (by req/s) stands for the server: this machine's speed drifts by +-10% within
-                # minutes, and one 8-second run is a single draw (pgbench's reference is a median of three).
-                results[name] = sorted(maxima, key=lambda r: r.rps)[(len(maxima) - 1) // 2]
-                if HTTP_RUNS > 1:
-                    say(f"http {name} POST /api/v1/transfers: median {results[name].rps:.0f} req/s of "
-                        + ", ".join(f"{r.rps:.0f}" for r in maxima))
+                # The run of the median paired ratio stands for the server (the lower median for an even count).
+                median_ratio, results[name], _ = sorted(maxima, key=lambda m: m[0])[(len(maxima) - 1) // 2]
+                ratios[name] = median_ratio
+                say(f"http {name} POST /api/v1/transfers: median ratio {median_ratio:.3f} ("
+                    + ", ".join(f"{r.rps:.0f}/{tps:.0f}" for _, r, tps in maxima)
+                    + f" req/s per pgbench tps), its run {results[name].rps:.0f} req/s")
             else:
                 result_bare = wrk(f"{base}/bench/bare/", threads=THREADS, connections=CONNECTIONS, seconds=SECONDS)
                 bare[name] = result_bare.requests_per_second
@@ -641,7 +656,7 @@ def http_phase(servers: Servers, env: dict[str, str], bench_tenant: BenchTenant,
                     f"p99 {result_bare.p99_ms:.1f} ms")
         servers.stop(server)
 
-    best = max(results, key=lambda name: results[name].rps)
+    best = max(ratios, key=lambda name: ratios[name])
     target = results[best].rps / 2
     # Few enough connections that none idles past the server's keep-alive (gunicorn: 2 s) at low rates, which would
     # close it under wrk (a read error): each connection sends at least every 0.25 s.
@@ -660,7 +675,7 @@ def http_phase(servers: Servers, env: dict[str, str], bench_tenant: BenchTenant,
         f"{paced.rps:.0f} req/s achieved, p50 {paced.p50_ms:.1f} ms, p90 {paced.p90_ms:.1f} ms, "
         f"p99 {paced.p99_ms:.1f} ms")
     servers.close()
-    return results[best], bare[best], paced, best
+    return results[best], ratios[best], bare[best], paced, best, paired_pgbench
 
 
 # --- the run ---------------------------------------------------------------------------------------------
@@ -711,7 +726,8 @@ def run(servers: Servers, work_dir: Path) -> int:
     service = statistics.mean(r.tps for r in best_runs)
 
     pgbench_results.append(pgbench_run(pg, "run 2/3"))
-    http_best, bare_django, paced, server_name = http_phase(servers, env, web, work_dir)
+    http_best, http_ratio, bare_django, paced, server_name, paired = http_phase(servers, env, web, work_dir, pg)
+    all_ok &= all(ok for _, ok in paired)
     all_ok &= verify(env, web, "http")
     connections.close_all()
     pgbench_results.append(pgbench_run(pg, "run 3/3"))
@@ -724,13 +740,14 @@ def run(servers: Servers, work_dir: Path) -> int:
         f"{' and '.join(f'{r.tps:.0f}' for r in best_runs)}), ratio {ratio(service, reference):.3f}; hot: "
         f"{hot_run.tps:.0f} transfers/s at batch size {best_batch}, {ratio(hot_run.tps, again.tps):.3f} of the uniform "
         f"run just before it")
-    say(f"http: {server_name}, {http_best.rps:.0f} req/s, p99 at the maximum "
+    say(f"http: {server_name}, {http_best.rps:.0f} req/s, {http_ratio:.3f} of the pgbench run just before it "
+        f"(the median of {HTTP_RUNS} pairs), p99 at the maximum "
         f"{http_best.p99_ms:.1f} ms; paced at {paced.rps:.0f} req/s: p99 {paced.p99_ms:.1f} ms")
     say(f"bench-ledger took {time.monotonic() - started:.0f}s; load average at the end {loadavg()}")
     verdict = "ok" if all_ok else "FAILED"
     say(f"ledger: service={service:.0f} pgbench={reference:.0f} ratio={ratio(service, reference):.2f} "
         f"hot_ratio={ratio(hot_run.tps, again.tps):.2f} http={http_best.rps:.0f} "
-        f"http_ratio={ratio(http_best.rps, reference):.2f} "
+        f"http_ratio={http_ratio:.2f} "
         f"bare_django={bare_django:.0f} p99_ms={paced.p99_ms:.1f} verify={verdict}")
     if had_errors:
         fail("some service batches raised errors (see the 'first error' lines above)")
