@@ -12,6 +12,8 @@ SiweExpired = error_class("siwe_expired", 400, "The message has expired")
 SiweNotYetValid = error_class("siwe_not_yet_valid", 400, "The message is not valid yet")
 SiweSignatureInvalid = error_class("siwe_signature_invalid", 400, "The signature does not match the address")
 AddressAlreadyLinked = error_class("address_already_linked", 409, "This address is already linked to an account")
+DepositXpubInUse = error_class("deposit_xpub_in_use", 409,
+                               "Another app already derives its deposit addresses from this xpub on this chain")
 DepositAddressesDisabled = error_class("deposit_addresses_disabled", 409,
                                        "This app has no deposit addresses on this chain")
 TransactionMalformed = error_class("transaction_malformed", 400, "The raw transaction cannot be decoded")

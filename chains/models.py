@@ -7,6 +7,8 @@ Addresses are stored lower-case hex (`0x` + 40); transaction and block hashes lo
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
@@ -91,6 +93,9 @@ def _xpub_validator(value: str) -> None:
         raise ValidationError("Must be a BIP-32 extended public key (xpub/tpub), never a private key.") from exc
 
 
+XPUB_IN_USE = "Another app already derives its deposit addresses from this xpub on this chain."
+
+
 class TenantChain(TenantOwned):
     """A chain a tenant's app offers; optionally the extended public key its deposit addresses come from."""
 
@@ -103,10 +108,27 @@ class TenantChain(TenantOwned):
     created_at = models.DateTimeField(default=timezone.now, editable=False)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["tenant", "chain"], name="tenant_chain_unique")]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "chain"], name="tenant_chain_unique"),
+            # Two apps deriving from one xpub would derive the same addresses: a deposit to one would be
+            # both tenants' (and the second's first address failed on `deposit_address_unique`, a 500).
+            models.UniqueConstraint(fields=["chain", "deposit_xpub"], condition=~models.Q(deposit_xpub=""),
+                                    name="tenant_chain_unique_xpub",
+                                    violation_error_message=XPUB_IN_USE),
+        ]
 
     def __str__(self) -> str:
         return f"{self.chain_id} for {self.tenant_id}"
+
+    def validate_constraints(self, exclude: Any = None) -> None:
+        """Django's checks, but the xpub's across tenants: a tenant's admin works in its tenant's scope, where
+        the default manager cannot see the other tenant's row that the constraint would refuse."""
+        exclude = set(exclude or ())
+        super().validate_constraints(exclude=exclude | {"deposit_xpub"})
+        if "deposit_xpub" not in exclude and self.deposit_xpub and (
+                TenantChain.all_tenants.filter(chain_id=self.chain_id, deposit_xpub=self.deposit_xpub)
+                .exclude(pk=self.pk).exists()):
+            raise ValidationError({"deposit_xpub": XPUB_IN_USE})
 
 
 class SiweNonce(TenantOwned):

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import F
 
-from chains.errors import DepositAddressesDisabled
+from chains.errors import DepositAddressesDisabled, DepositXpubInUse
 from chains.models import Chain, DepositAddress, LinkedWallet, TenantChain, Token
 from tenants.models import Tenant, User
 from wallet.ledger.models import Asset
@@ -65,20 +65,29 @@ def token_register(*, chain: Chain, contract: str, symbol: str, decimals: int, n
 
 
 def tenant_chain_enable(*, tenant: Tenant, chain: Chain, deposit_xpub: str | None = None) -> TenantChain:
-    """Offer `chain` (its native asset and tokens) in the tenant's app; optionally set the deposit xpub."""
-    with transaction.atomic():
-        defaults: dict[str, Any] = {"enabled": True}
-        if deposit_xpub is not None:
-            if deposit_xpub:
-                from chains.derivation import validate_xpub
+    """Offer `chain` (its native asset and tokens) in the tenant's app; optionally set the deposit xpub.
+    An xpub that another tenant derives from on this chain is refused (`DepositXpubInUse`)."""
+    try:
+        with transaction.atomic():
+            defaults: dict[str, Any] = {"enabled": True}
+            if deposit_xpub is not None:
+                if deposit_xpub:
+                    from chains.derivation import validate_xpub
 
-                validate_xpub(deposit_xpub)
-            defaults["deposit_xpub"] = deposit_xpub
-        row, _ = TenantChain.all_tenants.update_or_create(tenant=tenant, chain=chain, defaults=defaults)
-        if chain.native_asset_id:
-            tenant_asset_enable(tenant=tenant, asset=chain.native_asset)
-        for token in Token.objects.filter(chain=chain, enabled=True).select_related("asset"):
-            tenant_asset_enable(tenant=tenant, asset=token.asset)
+                    validate_xpub(deposit_xpub)
+                    if (TenantChain.all_tenants.filter(chain=chain, deposit_xpub=deposit_xpub)
+                            .exclude(tenant=tenant).exists()):
+                        raise DepositXpubInUse(chain_id=chain.chain_id)
+                defaults["deposit_xpub"] = deposit_xpub
+            row, _ = TenantChain.all_tenants.update_or_create(tenant=tenant, chain=chain, defaults=defaults)
+            if chain.native_asset_id:
+                tenant_asset_enable(tenant=tenant, asset=chain.native_asset)
+            for token in Token.objects.filter(chain=chain, enabled=True).select_related("asset"):
+                tenant_asset_enable(tenant=tenant, asset=token.asset)
+    except IntegrityError as exc:  # another tenant set the same xpub concurrently: the constraint decides
+        if "tenant_chain_unique_xpub" in str(exc):
+            raise DepositXpubInUse(chain_id=chain.chain_id) from exc
+        raise
     return row
 
 

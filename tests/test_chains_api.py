@@ -140,3 +140,45 @@ def test_the_tenant_chain_refuses_a_private_key_where_the_admin_writes_it(tenant
     row.clean_fields()
     row.deposit_xpub = ""
     row.clean_fields()
+
+
+def test_two_tenants_cannot_derive_deposit_addresses_from_one_xpub(tenant_a: Tenant, tenant_b: Tenant) -> None:
+    """The same xpub in two apps would derive the same addresses (a deposit would be both tenants'; the second
+    tenant's first address used to fail on the address's uniqueness with a 500)."""
+    from chains.errors import DepositXpubInUse
+    from chains.models import TenantChain
+
+    chain = chain_register(chain_id=31337, name="dev", rpc_urls=["http://127.0.0.1:9"], confirmations=2)
+    other_chain = chain_register(chain_id=999_002, name="other", rpc_urls=["http://127.0.0.1:1"])
+    tenant_chain_enable(tenant=tenant_a, chain=chain, deposit_xpub=XPUB)
+    with pytest.raises(DepositXpubInUse) as refused:
+        tenant_chain_enable(tenant=tenant_b, chain=chain, deposit_xpub=XPUB)
+    assert refused.value.status == 409 and refused.value.code == "deposit_xpub_in_use"
+    assert not TenantChain.all_tenants.filter(tenant=tenant_b, chain=chain).exists()
+    tenant_chain_enable(tenant=tenant_a, chain=chain, deposit_xpub=XPUB)  # its own again: fine
+    tenant_chain_enable(tenant=tenant_b, chain=other_chain, deposit_xpub=XPUB)  # another chain: other addresses
+    tenant_chain_enable(tenant=tenant_b, chain=chain)  # no xpub: fine
+    tenant_chain_enable(tenant=tenant_b, chain=chain, deposit_xpub="")
+    assert TenantChain.all_tenants.get(tenant=tenant_b, chain=chain).deposit_xpub == ""
+
+
+def test_the_database_and_the_admin_refuse_a_second_tenant_on_the_same_xpub(tenant_a: Tenant, tenant_b: Tenant) -> None:
+    from django.core.exceptions import ValidationError
+    from django.db import IntegrityError, transaction
+
+    from chains.models import TenantChain
+    from wallet.core.context import tenant_scope
+
+    chain = chain_register(chain_id=31337, name="dev", rpc_urls=["http://127.0.0.1:9"], confirmations=2)
+    tenant_chain_enable(tenant=tenant_a, chain=chain, deposit_xpub=XPUB)
+    row = TenantChain(tenant=tenant_b, chain=chain, deposit_xpub=XPUB)
+    with tenant_scope(tenant_b):  # as in tenant_b's admin, where tenant_a's row is out of scope
+        with pytest.raises(ValidationError, match="already derives its deposit addresses"):
+            row.full_clean()  # what the admin's form runs
+        with pytest.raises(IntegrityError), transaction.atomic():
+            row.save()
+        row.deposit_xpub = ""
+        row.full_clean()
+        row.save()
+    with tenant_scope(tenant_a):
+        TenantChain.all_tenants.get(tenant=tenant_a, chain=chain).full_clean()  # its own row is no clash
