@@ -23,6 +23,13 @@ def validate_xpub(xpub: str) -> None:
         raise InvalidXpub() from exc
 
 
+def xpub_key(xpub: str) -> bytes:
+    """What derivation uses of an xpub, its chain code and public key: two encodings of one key (xpub and tpub
+    versions, another depth or parent fingerprint) derive the same addresses and give the same bytes."""
+    node = BIP32.from_xpub(xpub)
+    return node.chaincode + node.pubkey
+
+
 def pubkey_to_address(compressed: bytes) -> str:
     uncompressed = PublicKey(compressed).format(compressed=False)
     return "0x" + keccak(uncompressed[1:])[-20:].hex()

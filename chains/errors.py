@@ -14,6 +14,8 @@ SiweSignatureInvalid = error_class("siwe_signature_invalid", 400, "The signature
 AddressAlreadyLinked = error_class("address_already_linked", 409, "This address is already linked to an account")
 DepositXpubInUse = error_class("deposit_xpub_in_use", 409,
                                "Another app already derives its deposit addresses from this xpub on this chain")
+DepositAddressTaken = error_class("deposit_address_taken", 409,
+                                  "Another app's key already derived this deposit address; ask the app's operator")
 DepositAddressesDisabled = error_class("deposit_addresses_disabled", 409,
                                        "This app has no deposit addresses on this chain")
 TransactionMalformed = error_class("transaction_malformed", 400, "The raw transaction cannot be decoded")

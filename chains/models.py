@@ -121,14 +121,38 @@ class TenantChain(TenantOwned):
         return f"{self.chain_id} for {self.tenant_id}"
 
     def validate_constraints(self, exclude: Any = None) -> None:
-        """Django's checks, but the xpub's across tenants: a tenant's admin works in its tenant's scope, where
-        the default manager cannot see the other tenant's row that the constraint would refuse."""
+        """Django's checks, but the xpub's across tenants (a tenant's admin works in its tenant's scope, where
+        the default manager cannot see the other tenant's row) and by key, not by text (`xpub_in_use`)."""
         exclude = set(exclude or ())
-        super().validate_constraints(exclude=exclude | {"deposit_xpub"})
-        if "deposit_xpub" not in exclude and self.deposit_xpub and (
-                TenantChain.all_tenants.filter(chain_id=self.chain_id, deposit_xpub=self.deposit_xpub)
-                .exclude(pk=self.pk).exists()):
-            raise ValidationError({"deposit_xpub": XPUB_IN_USE})
+        errors: dict[str, list[Any]] = {}
+        try:
+            super().validate_constraints(exclude=exclude | {"deposit_xpub"})
+        except ValidationError as error:
+            errors = error.update_error_dict(errors)
+        if not ({"chain", "deposit_xpub"} & exclude) and self.deposit_xpub and self.chain_id is not None and (
+                xpub_in_use(chain_id=self.chain_id, xpub=self.deposit_xpub, other_than=self.pk)):
+            errors.setdefault("deposit_xpub", []).append(ValidationError(XPUB_IN_USE))
+        if errors:
+            raise ValidationError(errors)
+
+
+def xpub_in_use(*, chain_id: Any, xpub: str, other_than: Any = None) -> bool:
+    """Whether another tenant's app on this chain derives from the same key as `xpub` (whatever its encoding:
+    the unique constraint only sees identical texts). A chain has one row per tenant that offers it."""
+    key = _key_or_none(xpub)
+    if key is None:  # not an xpub: the field's validator says so
+        return False
+    rows = TenantChain.all_tenants.filter(chain_id=chain_id).exclude(deposit_xpub="").exclude(pk=other_than)
+    return any(_key_or_none(other) == key for other in rows.values_list("deposit_xpub", flat=True))
+
+
+def _key_or_none(xpub: str) -> bytes | None:
+    from chains.derivation import xpub_key
+
+    try:
+        return xpub_key(xpub)
+    except Exception:  # not an extended public key: it derives nothing
+        return None
 
 
 class SiweNonce(TenantOwned):

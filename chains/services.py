@@ -10,8 +10,8 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.db.models import F
 
-from chains.errors import DepositAddressesDisabled, DepositXpubInUse
-from chains.models import Chain, DepositAddress, LinkedWallet, TenantChain, Token
+from chains.errors import DepositAddressesDisabled, DepositAddressTaken, DepositXpubInUse
+from chains.models import Chain, DepositAddress, LinkedWallet, TenantChain, Token, xpub_in_use
 from tenants.models import Tenant, User
 from wallet.ledger.models import Asset
 from wallet.ledger.services import tenant_asset_enable
@@ -75,8 +75,7 @@ def tenant_chain_enable(*, tenant: Tenant, chain: Chain, deposit_xpub: str | Non
                     from chains.derivation import validate_xpub
 
                     validate_xpub(deposit_xpub)
-                    if (TenantChain.all_tenants.filter(chain=chain, deposit_xpub=deposit_xpub)
-                            .exclude(tenant=tenant).exists()):
+                    if _xpub_taken(tenant, chain, deposit_xpub):
                         raise DepositXpubInUse(chain_id=chain.chain_id)
                 defaults["deposit_xpub"] = deposit_xpub
             row, _ = TenantChain.all_tenants.update_or_create(tenant=tenant, chain=chain, defaults=defaults)
@@ -84,11 +83,16 @@ def tenant_chain_enable(*, tenant: Tenant, chain: Chain, deposit_xpub: str | Non
                 tenant_asset_enable(tenant=tenant, asset=chain.native_asset)
             for token in Token.objects.filter(chain=chain, enabled=True).select_related("asset"):
                 tenant_asset_enable(tenant=tenant, asset=token.asset)
-    except IntegrityError as exc:  # another tenant set the same xpub concurrently: the constraint decides
-        if "tenant_chain_unique_xpub" in str(exc):
+    except IntegrityError as exc:  # another tenant set the same xpub concurrently: the constraint decided
+        if deposit_xpub and _xpub_taken(tenant, chain, deposit_xpub):
             raise DepositXpubInUse(chain_id=chain.chain_id) from exc
         raise
     return row
+
+
+def _xpub_taken(tenant: Tenant, chain: Chain, xpub: str) -> bool:
+    own = TenantChain.all_tenants.filter(tenant=tenant, chain=chain).values_list("pk", flat=True).first()
+    return xpub_in_use(chain_id=chain.pk, xpub=xpub, other_than=own)
 
 
 # --- linked wallets -----------------------------------------------------------------------------------------
@@ -116,6 +120,10 @@ def deposit_address_ensure(*, tenant: Tenant, user: User, tenant_chain: TenantCh
             return existing
         index = locked.next_deposit_index
         TenantChain.all_tenants.filter(pk=locked.pk).update(next_deposit_index=F("next_deposit_index") + 1)
+        address = derive_address(locked.deposit_xpub, index)
+        if DepositAddress.all_tenants.filter(chain_id=locked.chain_id, address=address).exists():
+            # Another app's key derived it (an xpub set before keys had to be distinct): every index of a shared
+            # key is the other app's too, so none is safe; refuse (the index bump rolls back with the rest).
+            raise DepositAddressTaken(chain_id=locked.chain.chain_id)
         return DepositAddress.all_tenants.create(tenant=tenant, user=user, chain_id=locked.chain_id,
-                                                 address=derive_address(locked.deposit_xpub, index),
-                                                 derivation_index=index)
+                                                 address=address, derivation_index=index)

@@ -182,3 +182,65 @@ def test_the_database_and_the_admin_refuse_a_second_tenant_on_the_same_xpub(tena
         row.save()
     with tenant_scope(tenant_a):
         TenantChain.all_tenants.get(tenant=tenant_a, chain=chain).full_clean()  # its own row is no clash
+
+
+def _reencoded(xpub: str) -> str:
+    """The same key (chain code and public key) as a tpub at depth 0: other text, same addresses."""
+    node = BIP32.from_xpub(xpub)
+    return BIP32(node.chaincode, pubkey=node.pubkey, network="test").get_xpub()
+
+
+def test_the_same_key_in_another_encoding_is_refused_too(tenant_a: Tenant, tenant_b: Tenant) -> None:
+    from django.core.exceptions import ValidationError
+
+    from chains.errors import DepositXpubInUse
+    from chains.models import TenantChain
+    from wallet.core.context import tenant_scope
+
+    chain = chain_register(chain_id=31337, name="dev", rpc_urls=["http://127.0.0.1:9"], confirmations=2)
+    tenant_chain_enable(tenant=tenant_a, chain=chain, deposit_xpub=XPUB)
+    tpub = _reencoded(XPUB)
+    assert tpub != XPUB and tpub.startswith("tpub") and derive_address(tpub, 3) == derive_address(XPUB, 3)
+    with pytest.raises(DepositXpubInUse):
+        tenant_chain_enable(tenant=tenant_b, chain=chain, deposit_xpub=tpub)
+    with tenant_scope(tenant_b), pytest.raises(ValidationError, match="already derives"):
+        # as the staff admin's form validates it: `tenant` is not in the form, so it is excluded
+        TenantChain(tenant=tenant_b, chain=chain, deposit_xpub=tpub).full_clean(exclude=["tenant"])
+
+
+def test_a_racing_second_tenant_gets_the_409_from_the_constraint(tenant_a: Tenant, tenant_b: Tenant,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both pre-checks pass (the other row not committed yet): the unique constraint decides, and the loser is
+    told why instead of a 500."""
+    from chains import services
+    from chains.errors import DepositXpubInUse
+
+    chain = chain_register(chain_id=31337, name="dev", rpc_urls=["http://127.0.0.1:9"], confirmations=2)
+    tenant_chain_enable(tenant=tenant_a, chain=chain, deposit_xpub=XPUB)
+    real, calls = services._xpub_taken, []
+
+    def first_check_misses(*args: object) -> bool:
+        calls.append(args)
+        return False if len(calls) == 1 else real(*args)
+
+    monkeypatch.setattr(services, "_xpub_taken", first_check_misses)
+    with pytest.raises(DepositXpubInUse):
+        tenant_chain_enable(tenant=tenant_b, chain=chain, deposit_xpub=XPUB)
+    assert len(calls) == 2
+
+
+def test_a_deposit_address_another_apps_key_derived_is_refused_not_a_500(
+        client_b: AppClient, user_b: User, tenant_a: Tenant, tenant_b: Tenant, user_a: User) -> None:
+    """A key shared before keys had to be distinct (stored directly here, as an old database would have it)."""
+    from chains.models import TenantChain
+    from chains.services import deposit_address_ensure
+
+    chain = chain_register(chain_id=31337, name="dev", rpc_urls=["http://127.0.0.1:9"], confirmations=2)
+    row_a = tenant_chain_enable(tenant=tenant_a, chain=chain, deposit_xpub=XPUB)
+    deposit_address_ensure(tenant=tenant_a, user=user_a, tenant_chain=row_a)
+    TenantChain.all_tenants.create(tenant=tenant_b, chain=chain, deposit_xpub=_reencoded(XPUB))
+    client_b.login_as(user_b)
+    response = client_b.post("/api/v1/chains/31337/deposit-address", HTTP_IDEMPOTENCY_KEY=uuid.uuid4().hex)
+    assert response.status_code == 409 and response.json()["code"] == "deposit_address_taken"
+    assert not DepositAddress.all_tenants.filter(tenant=tenant_b).exists()
+    assert TenantChain.all_tenants.get(tenant=tenant_b, chain=chain).next_deposit_index == 0
