@@ -21,14 +21,15 @@ In one invocation:
     gunicorn (2 gthread workers x 32 threads), one at a time, with wrk (bench/ledger_transfers.lua, 96
     connections), three maximum runs per server, each right after a pgbench run of its own: the server's
     http_ratio is the median of the three paired ratios (this machine is shared and its speed drifts by
-    +-10% or more within minutes: a reference taken minutes away measures the drift as much as the
-    server), back to back with the bare Django view on the same server; then, on the better server, a run paced at half its maximum, for the p99. 96
-    connections: the group commit answers a request when its batch commits (~10-20 ms under load), so 16
-    connections cap a server near 16 / 20 ms whatever its speed (Little's law); a server at ~1,000 req/s has
-    many more clients than that. With 64 connections 14-17% of the machine's CPU stayed idle at the maximum
-    (/proc/stat, sixth session): the clients, not the server, set the pace; 96 (64 in the app's threads, the
-    rest queued in the server) measured 5-10% more. (Earlier runs used 16 connections with 4 sync workers, 2
-    x 8 and 4 x 4, then 64 with gunicorn only, 2 x 32 and 4 x 16, then granian.)
+    +-10% or more within minutes: a reference taken minutes away measures the drift as much as the server),
+    back to back with the bare Django view on the same server; then, on the same server right after, a run
+    paced at half its maximum, for the p99 (the better server's counts). 96 connections: the group commit
+    answers a request when its batch commits (~10-20 ms under load), so 16 connections cap a server near 16
+    / 20 ms whatever its speed (Little's law); a server at ~1,000 req/s has many more clients than that.
+    With 64 connections 14-17% of the machine's CPU stayed idle at the maximum (/proc/stat, sixth session):
+    the clients, not the server, set the pace; 96 (64 in the app's threads, the rest queued in the server)
+    measured 5-10% more. (Earlier runs used 16 connections with 4 sync workers, 2 x 8 and 4 x 4, then 64
+    with gunicorn only, 2 x 32 and 4 x 16, then granian.)
 
 Each of (b) uniform, (b) hot and (c) has its own tenant of 1,000 users (senders funded with one
 `sandbox_fund` each), so that `manage.py ledger_verify --tenant ...` after each checks that phase only;
@@ -43,8 +44,9 @@ The last line printed is
             http_ratio=<http/pgbench> bare_django=<req/s> p99_ms=<http p99 at half load> verify=ok
 
 (on one line). `pgbench` is the median of the three reference runs, `ratio` the service against it;
-`http_ratio` is the median of the better server's paired ratios, each HTTP run against the pgbench run
-just before it, and `http` the run of that median. Exit status 1 if a verification fails or a run had errors (the summary is still printed).
+`http_ratio` is the median of the better server's paired ratios, each HTTP run against the pgbench run just
+before it, and `http` the run of that median. Exit status 1 if a verification fails or a run had errors (the
+summary is still printed).
 
 Tunables (environment): BENCH_SECONDS (8, measured seconds per run), BENCH_WARMUP_SECONDS (2),
 BENCH_PGBENCH_SECONDS (8), BENCH_PGBENCH_SCALE (10), BENCH_CLIENTS (8: pgbench clients and service
@@ -613,6 +615,23 @@ def http_phase(servers: Servers, env: dict[str, str], bench_tenant: BenchTenant,
 
     results: dict[str, HttpResult] = {}
     ratios: dict[str, float] = {}
+    paced: dict[str, HttpResult] = {}
+
+    def paced_run(name: str, base: str, target: float) -> HttpResult:
+        """A warm-up at `target` req/s, then the measured run: the latency at that load."""
+        # Few enough connections that none idles past the server's keep-alive (gunicorn: 2 s) at low rates, which
+        # would close it under wrk (a read error): each connection sends at least every 0.25 s.
+        paced_connections = min(CONNECTIONS, max(THREADS, round(target * 0.25)))
+        for seconds in (WARMUP_SECONDS, SECONDS):
+            result = wrk_transfers(base, bench_tenant.app_key, data_file, seconds, rate=target,
+                                   connections=paced_connections)
+            bench_tenant.acknowledged += result.created
+            bench_tenant.in_flight_max += paced_connections
+        say(f"http {name} paced at half its maximum ({target:.0f} req/s asked, {paced_connections} connections): "
+            f"{result.rps:.0f} req/s achieved, p50 {result.p50_ms:.1f} ms, p90 {result.p90_ms:.1f} ms, "
+            f"p99 {result.p99_ms:.1f} ms")
+        return result
+
     paired_pgbench: list[tuple[float, bool]] = []
     bare: dict[str, float] = {}
     for round_number, name in enumerate(kinds):
@@ -654,28 +673,14 @@ def http_phase(servers: Servers, env: dict[str, str], bench_tenant: BenchTenant,
                 bare[name] = result_bare.requests_per_second
                 say(f"http {name} bare_django GET /bench/bare/: {result_bare.requests_per_second:.0f} req/s, "
                     f"p99 {result_bare.p99_ms:.1f} ms")
+        # Half of this server's maximum, on the same server right after it: half of a maximum taken minutes
+        # earlier is no longer half when the machine's speed has drifted meanwhile.
+        paced[name] = paced_run(name, base, results[name].rps / 2)
         servers.stop(server)
 
     best = max(ratios, key=lambda name: ratios[name])
-    target = results[best].rps / 2
-    # Few enough connections that none idles past the server's keep-alive (gunicorn: 2 s) at low rates, which would
-    # close it under wrk (a read error): each connection sends at least every 0.25 s.
-    paced_connections = min(CONNECTIONS, max(THREADS, round(target * 0.25)))
-    # The best server again, fresh; a warm-up at the paced rate first.
-    _, best_base = start(best)
-    warm = wrk_transfers(best_base, bench_tenant.app_key, data_file, WARMUP_SECONDS, rate=target,
-                         connections=paced_connections)
-    bench_tenant.acknowledged += warm.created
-    bench_tenant.in_flight_max += paced_connections
-    paced = wrk_transfers(best_base, bench_tenant.app_key, data_file, SECONDS, rate=target,
-                          connections=paced_connections)
-    bench_tenant.acknowledged += paced.created
-    bench_tenant.in_flight_max += paced_connections
-    say(f"http {best} paced at half the maximum ({target:.0f} req/s asked, {paced_connections} connections): "
-        f"{paced.rps:.0f} req/s achieved, p50 {paced.p50_ms:.1f} ms, p90 {paced.p90_ms:.1f} ms, "
-        f"p99 {paced.p99_ms:.1f} ms")
     servers.close()
-    return results[best], ratios[best], bare[best], paced, best, paired_pgbench
+    return results[best], ratios[best], bare[best], paced[best], best, paired_pgbench
 
 
 # --- the run ---------------------------------------------------------------------------------------------
