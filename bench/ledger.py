@@ -44,9 +44,9 @@ The last line printed is
             http_ratio=<http/pgbench> bare_django=<req/s> p99_ms=<http p99 at half load> verify=ok
 
 (on one line). `pgbench` is the median of the three reference runs, `ratio` the service against it;
-`http_ratio` is the median of the better server's paired ratios, each HTTP run against the pgbench run just
-before it, and `http` the run of that median. Exit status 1 if a verification fails or a run had errors (the
-summary is still printed).
+`http_ratio` (three decimals: 0.296 must not read as 0.30) is the median of the better server's paired
+ratios, each HTTP run against the pgbench run just before it, and `http` the run of that median. Exit status
+1 if a verification fails or a run had errors (the summary is still printed).
 
 Tunables (environment): BENCH_SECONDS (8, measured seconds per run), BENCH_WARMUP_SECONDS (2),
 BENCH_PGBENCH_SECONDS (8), BENCH_PGBENCH_SCALE (10), BENCH_CLIENTS (8: pgbench clients and service
@@ -752,7 +752,7 @@ def run(servers: Servers, work_dir: Path) -> int:
     verdict = "ok" if all_ok else "FAILED"
     say(f"ledger: service={service:.0f} pgbench={reference:.0f} ratio={ratio(service, reference):.2f} "
         f"hot_ratio={ratio(hot_run.tps, again.tps):.2f} http={http_best.rps:.0f} "
-        f"http_ratio={http_ratio:.2f} "
+        f"http_ratio={http_ratio:.3f} "
         f"bare_django={bare_django:.0f} p99_ms={paced.p99_ms:.1f} verify={verdict}")
     if had_errors:
         fail("some service batches raised errors (see the 'first error' lines above)")
