@@ -78,6 +78,25 @@ class TenantChainAdmin(TenantScopedAdmin):
     list_filter = ("tenant", "enabled")
     fields = ("tenant", "chain", "enabled", "deposit_xpub")
 
+    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
+        """A tenant's staff have no `tenant` field (it is set on save), so Django's validation skips the one-row-
+        per-chain constraint and a second row for a chain answered 500: the form checks it in their tenant."""
+        form = super().get_form(request, obj, change=change, **kwargs)
+        tenant_id = self.staff_tenant_id(request)
+        if tenant_id is None:
+            return form
+
+        class StaffTenantChainForm(form):  # type: ignore[misc, valid-type]
+            def clean(self) -> dict[str, Any]:
+                data = super().clean()
+                chain = data.get("chain")
+                if chain is not None and (TenantChain.all_tenants.filter(tenant_id=tenant_id, chain=chain)
+                                          .exclude(pk=self.instance.pk).exists()):
+                    self.add_error("chain", "This app offers this chain already: change that row instead.")
+                return data
+
+        return StaffTenantChainForm
+
 
 @admin.register(LinkedWallet)
 class LinkedWalletAdmin(ReadOnlyTenantAdmin):

@@ -87,12 +87,17 @@ class TenantScopedAdmin(admin.ModelAdmin):
 
     def formfield_for_foreignkey(self, db_field: models.ForeignKey, request: HttpRequest,
                                  **kwargs: Any) -> Any:
-        kwargs["queryset"] = self._scope_related(request, db_field.related_model, kwargs.get("queryset"))
+        # A model without a tenant (a chain, an asset) keeps Django's own choices: no `queryset=None` passed on.
+        scoped = self._scope_related(request, db_field.related_model, kwargs.get("queryset"))
+        if scoped is not None:
+            kwargs["queryset"] = scoped
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
     def formfield_for_manytomany(self, db_field: models.ManyToManyField, request: HttpRequest,
                                  **kwargs: Any) -> Any:
-        kwargs["queryset"] = self._scope_related(request, db_field.related_model, kwargs.get("queryset"))
+        scoped = self._scope_related(request, db_field.related_model, kwargs.get("queryset"))
+        if scoped is not None:
+            kwargs["queryset"] = scoped
         return super().formfield_for_manytomany(db_field, request, **kwargs)
 
     def get_list_filter(self, request: HttpRequest) -> list[Any]:

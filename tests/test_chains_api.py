@@ -244,3 +244,29 @@ def test_a_deposit_address_another_apps_key_derived_is_refused_not_a_500(
     assert response.status_code == 409 and response.json()["code"] == "deposit_address_taken"
     assert not DepositAddress.all_tenants.filter(tenant=tenant_b).exists()
     assert TenantChain.all_tenants.get(tenant=tenant_b, chain=chain).next_deposit_index == 0
+
+
+def test_a_tenants_admin_gets_form_errors_not_500s_for_a_second_row_or_a_taken_key(
+        tenant_a: Tenant, tenant_b: Tenant) -> None:
+    """Through the admin as tenant B's owner (no `tenant` field: it is set on save)."""
+    from django.test import Client
+
+    from chains.models import TenantChain
+    from tenants.models import Membership
+    from tests.conftest import make_staff
+
+    chain = chain_register(chain_id=31337, name="dev", rpc_urls=["http://127.0.0.1:9"], confirmations=2)
+    tenant_chain_enable(tenant=tenant_a, chain=chain, deposit_xpub=XPUB)
+    owner_b = make_staff(tenant_b, Membership.Role.OWNER)
+    client = Client()
+    client.force_login(owner_b)
+    add = "/admin/chains/tenantchain/add/"
+    taken = client.post(add, {"chain": chain.pk, "enabled": "on", "deposit_xpub": _reencoded(XPUB), "_save": "Save"})
+    assert taken.status_code == 200
+    assert "already derives its deposit addresses" in str(taken.context["adminform"].form.errors)
+    plain = {"chain": chain.pk, "enabled": "on", "deposit_xpub": "", "_save": "Save"}
+    assert client.post(add, plain).status_code == 302
+    again = client.post(add, plain)
+    assert again.status_code == 200
+    assert "offers this chain already" in str(again.context["adminform"].form.errors)
+    assert TenantChain.all_tenants.filter(tenant=tenant_b).count() == 1
