@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin
+from django.db import transaction
 from django.http import HttpRequest
 
 from chains.models import (
@@ -18,6 +19,7 @@ from chains.models import (
     TenantChain,
     Token,
 )
+from chains.services import chain_assets_enable
 from tenants.admin_scoping import TenantScopedAdmin
 
 
@@ -77,25 +79,14 @@ class TenantChainAdmin(TenantScopedAdmin):
     list_display = ("chain", "enabled", "next_deposit_index", "tenant")
     list_filter = ("tenant", "enabled")
     fields = ("tenant", "chain", "enabled", "deposit_xpub")
+    unique_per_tenant = (("chain",),)
 
-    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
-        """A tenant's staff have no `tenant` field (it is set on save), so Django's validation skips the one-row-
-        per-chain constraint and a second row for a chain answered 500: the form checks it in their tenant."""
-        form = super().get_form(request, obj, change=change, **kwargs)
-        tenant_id = self.staff_tenant_id(request)
-        if tenant_id is None:
-            return form
-
-        class StaffTenantChainForm(form):  # type: ignore[misc, valid-type]
-            def clean(self) -> dict[str, Any]:
-                data = super().clean()
-                chain = data.get("chain")
-                if chain is not None and (TenantChain.all_tenants.filter(tenant_id=tenant_id, chain=chain)
-                                          .exclude(pk=self.instance.pk).exists()):
-                    self.add_error("chain", "This app offers this chain already: change that row instead.")
-                return data
-
-        return StaffTenantChainForm
+    def save_model(self, request: HttpRequest, obj: TenantChain, form: Any, change: bool) -> None:
+        """As `tenant_chain_enable`: an enabled chain offers its native asset and tokens in the app."""
+        with transaction.atomic():
+            super().save_model(request, obj, form, change)
+            if obj.enabled:
+                chain_assets_enable(tenant=obj.tenant, chain=obj.chain)
 
 
 @admin.register(LinkedWallet)

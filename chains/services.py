@@ -79,15 +79,20 @@ def tenant_chain_enable(*, tenant: Tenant, chain: Chain, deposit_xpub: str | Non
                         raise DepositXpubInUse(chain_id=chain.chain_id)
                 defaults["deposit_xpub"] = deposit_xpub
             row, _ = TenantChain.all_tenants.update_or_create(tenant=tenant, chain=chain, defaults=defaults)
-            if chain.native_asset_id:
-                tenant_asset_enable(tenant=tenant, asset=chain.native_asset)
-            for token in Token.objects.filter(chain=chain, enabled=True).select_related("asset"):
-                tenant_asset_enable(tenant=tenant, asset=token.asset)
+            chain_assets_enable(tenant=tenant, chain=chain)
     except IntegrityError as exc:  # another tenant set the same xpub concurrently: the constraint decided
         if deposit_xpub and _xpub_taken(tenant, chain, deposit_xpub):
             raise DepositXpubInUse(chain_id=chain.chain_id) from exc
         raise
     return row
+
+
+def chain_assets_enable(*, tenant: Tenant, chain: Chain) -> None:
+    """Offer the chain's native asset and its enabled tokens in the tenant's app (idempotent)."""
+    if chain.native_asset_id:
+        tenant_asset_enable(tenant=tenant, asset=chain.native_asset)
+    for token in Token.objects.filter(chain=chain, enabled=True).select_related("asset"):
+        tenant_asset_enable(tenant=tenant, asset=token.asset)
 
 
 def _xpub_taken(tenant: Tenant, chain: Chain, xpub: str) -> bool:

@@ -56,6 +56,10 @@ class TenantScopedAdmin(admin.ModelAdmin):
     delete_roles: frozenset[str] = MANAGERS
     #: fields only a superuser sees in forms
     superuser_only_fields: tuple[str, ...] = ("tenant",)
+    #: field sets unique within a tenant (the model's constraints with `tenant`): checked in the form for a
+    #: tenant's staff, who have no `tenant` field (it is set on save), so Django's validation skips those
+    #: constraints and a duplicate would reach the database as a 500
+    unique_per_tenant: tuple[tuple[str, ...], ...] = ()
 
     # --- scoping ----------------------------------------------------------------------------------------
     def staff_tenant_id(self, request: HttpRequest) -> Any | None:
@@ -140,6 +144,31 @@ class TenantScopedAdmin(admin.ModelAdmin):
         if not request.user.is_superuser:
             display = [f for f in display if f != "tenant"]
         return display
+
+    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
+        form = super().get_form(request, obj, change=change, **kwargs)
+        tenant_id = self.staff_tenant_id(request)
+        if tenant_id is None or not self.unique_per_tenant or self.tenant_field != "tenant":
+            return form
+        unique_sets, manager = self.unique_per_tenant, getattr(self.model, "all_tenants", self.model._default_manager)
+
+        class StaffTenantForm(form):  # type: ignore[misc, valid-type]
+            def clean(self) -> dict[str, Any]:
+                data = super().clean()
+                for names in unique_sets:
+                    if any(name in self.errors for name in names):
+                        continue
+                    values = {name: data[name] if name in data else getattr(self.instance, name, None)
+                              for name in names}
+                    if any(value is None for value in values.values()):
+                        continue
+                    if manager.filter(tenant_id=tenant_id, **values).exclude(pk=self.instance.pk).exists():
+                        labels = " and ".join(str(self.instance._meta.get_field(name).verbose_name) for name in names)
+                        self.add_error(names[0] if names[0] in self.fields else None,
+                                       f"This app has a row with this {labels} already: change that one instead.")
+                return data
+
+        return StaffTenantForm
 
     def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
         if not request.user.is_superuser and self.tenant_field == "tenant":

@@ -870,3 +870,40 @@ def test_staff_without_a_membership_cannot_use_the_admin(tenant_a, url: str) -> 
     # then they are sent to the login page
     assert response.status_code == 302
     assert response["Location"].startswith("/admin/login/")
+
+
+# --- rows unique within a tenant (the staff form has no tenant field) --------------------------------------
+
+
+def test_tenant_staff_get_a_form_error_not_a_500_for_a_second_row_unique_per_tenant(owner_a, tenant_a,
+                                                                                     tenant_b) -> None:
+    from wallet.balances.models import ProviderConfig
+    from wallet.ledger.models import Asset, TenantAsset
+    from wallet.ledger.services import assets_catalogue_ensure, tenant_asset_enable
+
+    assets_catalogue_ensure()
+    usd, eur = Asset.objects.get(code="USD"), Asset.objects.get(code="EUR")
+    tenant_asset_enable(tenant=tenant_a, asset=usd)
+    tenant_asset_enable(tenant=tenant_b, asset=eur)  # another tenant's row is no clash
+    ProviderConfig.all_tenants.create(tenant=tenant_a, kind=ProviderConfig.Kind.PRICES,
+                                      provider=ProviderConfig.Provider.SANDBOX)
+    client = admin_client(owner_a)
+
+    add_asset = "/admin/ledger/tenantasset/add/"
+    again = client.post(add_asset, {"asset": usd.pk, "enabled": "on", "_save": "Save"})
+    assert again.status_code == 200
+    assert form_errors(again) == {"asset": ["This app has a row with this asset already: change that one instead."]}
+    assert client.post(add_asset, {"asset": eur.pk, "enabled": "on", "_save": "Save"}).status_code == 302
+    assert TenantAsset.all_tenants.filter(tenant=tenant_a).count() == 2
+    own = TenantAsset.all_tenants.get(tenant=tenant_a, asset=usd)
+    edited = client.post(f"/admin/ledger/tenantasset/{own.pk}/change/",
+                         {"asset": usd.pk, "enabled": "on", "max_per_transfer": "500", "_save": "Save"})
+    assert edited.status_code == 302  # its own row is no clash
+    assert TenantAsset.all_tenants.get(pk=own.pk).max_per_transfer == 500
+
+    second = client.post("/admin/balances/providerconfig/add/", {
+        "kind": ProviderConfig.Kind.PRICES, "provider": ProviderConfig.Provider.SANDBOX, "options": "{}",
+        "enabled": "on", "_save": "Save"})
+    assert second.status_code == 200
+    assert "has a row with this kind already" in str(form_errors(second))
+    assert ProviderConfig.all_tenants.filter(tenant=tenant_a).count() == 1

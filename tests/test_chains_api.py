@@ -268,5 +268,10 @@ def test_a_tenants_admin_gets_form_errors_not_500s_for_a_second_row_or_a_taken_k
     assert client.post(add, plain).status_code == 302
     again = client.post(add, plain)
     assert again.status_code == 200
-    assert "offers this chain already" in str(again.context["adminform"].form.errors)
+    assert "has a row with this chain already" in str(again.context["adminform"].form.errors)
     assert TenantChain.all_tenants.filter(tenant=tenant_b).count() == 1
+    # what the admin added offers the chain's native asset, as tenant_chain_enable does
+    from wallet.ledger.models import TenantAsset
+
+    assert chain.native_asset_id is not None
+    assert TenantAsset.all_tenants.filter(tenant=tenant_b, asset_id=chain.native_asset_id, enabled=True).exists()
