@@ -79,7 +79,6 @@ class TenantChainAdmin(TenantScopedAdmin):
     list_display = ("chain", "enabled", "next_deposit_index", "tenant")
     list_filter = ("tenant", "enabled")
     fields = ("tenant", "chain", "enabled", "deposit_xpub")
-    unique_per_tenant = (("chain",),)
 
     def save_model(self, request: HttpRequest, obj: TenantChain, form: Any, change: bool) -> None:
         """As `tenant_chain_enable`: an enabled chain offers its native asset and tokens in the app."""

@@ -56,10 +56,6 @@ class TenantScopedAdmin(admin.ModelAdmin):
     delete_roles: frozenset[str] = MANAGERS
     #: fields only a superuser sees in forms
     superuser_only_fields: tuple[str, ...] = ("tenant",)
-    #: field sets unique within a tenant (the model's constraints with `tenant`): checked in the form for a
-    #: tenant's staff, who have no `tenant` field (it is set on save), so Django's validation skips those
-    #: constraints and a duplicate would reach the database as a 500
-    unique_per_tenant: tuple[tuple[str, ...], ...] = ()
 
     # --- scoping ----------------------------------------------------------------------------------------
     def staff_tenant_id(self, request: HttpRequest) -> Any | None:
@@ -146,11 +142,15 @@ class TenantScopedAdmin(admin.ModelAdmin):
         return display
 
     def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
+        """For a tenant's staff, the form also checks the model's unique constraints that include `tenant`: staff
+        have no `tenant` field (it is set on save), so Django's validation skips those constraints, and a
+        duplicate reached the database as a 500."""
         form = super().get_form(request, obj, change=change, **kwargs)
         tenant_id = self.staff_tenant_id(request)
-        if tenant_id is None or not self.unique_per_tenant or self.tenant_field != "tenant":
+        unique_sets = self._unique_per_tenant()
+        if tenant_id is None or not unique_sets or self.tenant_field != "tenant":
             return form
-        unique_sets, manager = self.unique_per_tenant, getattr(self.model, "all_tenants", self.model._default_manager)
+        manager = getattr(self.model, "all_tenants", self.model._default_manager)
 
         class StaffTenantForm(form):  # type: ignore[misc, valid-type]
             def clean(self) -> dict[str, Any]:
@@ -169,6 +169,13 @@ class TenantScopedAdmin(admin.ModelAdmin):
                 return data
 
         return StaffTenantForm
+
+    def _unique_per_tenant(self) -> list[tuple[str, ...]]:
+        """The other fields of each unconditional unique constraint (or `unique_together`) with `tenant`."""
+        meta = self.model._meta
+        sets = [tuple(c.fields) for c in meta.total_unique_constraints] + [tuple(t) for t in meta.unique_together]
+        return [tuple(name for name in fields if name != "tenant") for fields in sets
+                if "tenant" in fields and len(fields) > 1]
 
     def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
         if not request.user.is_superuser and self.tenant_field == "tenant":

@@ -71,7 +71,6 @@ class ProviderConfigAdmin(TenantScopedAdmin):
     list_display = ("kind", "provider", "enabled", "has_credentials", "updated_at")
     list_filter = ("kind", "provider", "enabled")
     readonly_fields = ("has_credentials", "updated_at")
-    unique_per_tenant = (("kind",),)
 
     @admin.display(boolean=True, description="credentials stored")
     def has_credentials(self, obj: ProviderConfig) -> bool:
@@ -102,4 +101,3 @@ class BankCustomerAdmin(TenantScopedAdmin):
     list_filter = ("provider",)
     search_fields = ("user__email", "customer_ref")
     fields = ("tenant", "user", "provider", "customer_ref")
-    unique_per_tenant = (("user", "provider"), ("provider", "customer_ref"))

@@ -62,7 +62,6 @@ class TenantAssetAdmin(TenantScopedAdmin):
     list_filter = ("tenant", "enabled")
     fields = ("tenant", "asset", "enabled", "max_per_transfer", "daily_limit_per_user")
     delete_roles = READ_ONLY
-    unique_per_tenant = (("asset",),)
 
 
 class FundForm(forms.Form):
