@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -128,11 +129,16 @@ def devchain_start() -> DevChain | None:
         return None
     state_dir = Path(getattr(settings, "VAR_DIR", ROOT / "var")) / "devchain"
     state_dir.mkdir(parents=True, exist_ok=True)
+    # anvil's HOME is the state directory: it moves old block states to $HOME/.foundry/anvil/tmp and leaves
+    # them behind when it is killed (they grow with the chain); what a restart needs is in state.json, so a
+    # start clears what an earlier run left there.
+    shutil.rmtree(state_dir / ".foundry" / "anvil" / "tmp", ignore_errors=True)
     log = open(state_dir / "anvil.log", "ab")  # kept open for the child's lifetime
     process = subprocess.Popen(  # noqa: S603 (our own binary path, fixed arguments)
         [str(binary), "--host", "127.0.0.1", "--port", str(port), "--chain-id", str(DEV_CHAIN_ID),
          "--block-time", "2", "--state", str(state_dir / "state.json"), "--state-interval", "30"],
         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "HOME": str(state_dir)},
         preexec_fn=_die_with_parent)  # only prctl runs between fork and exec
     url = dev_rpc_url(port)
     deadline = time.monotonic() + 20

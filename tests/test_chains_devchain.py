@@ -44,6 +44,9 @@ def test_the_dev_chain_stops_when_serve_is_killed(tmp_path) -> None:
         assert line.isdigit(), f"anvil did not start: {line!r}"
         anvil = int(line)
         assert _alive(anvil)
+        # Its HOME is the state directory, where it leaves block states it moved to disk (cleared at start).
+        with open(f"/proc/{anvil}/environ", "rb") as environ:
+            assert f"HOME={tmp_path / 'devchain'}".encode() in environ.read().split(b"\0")
         parent.send_signal(signal.SIGKILL)  # no finally, no atexit: only the kernel can tell anvil
         parent.wait(10)
         deadline = time.monotonic() + 10
@@ -54,3 +57,19 @@ def test_the_dev_chain_stops_when_serve_is_killed(tmp_path) -> None:
         if parent.poll() is None:
             parent.kill()
             parent.wait(10)
+
+
+def test_a_throwaway_anvil_keeps_its_files_in_a_home_removed_at_stop() -> None:
+    """anvil moves old block states to $HOME/.foundry/anvil/tmp; the test helper's anvil has a HOME of its
+    own, removed when it stops (they once filled the disk: tens of gigabytes from bench-chains runs)."""
+    from tests.fixtures.chains.helpers import Anvil
+
+    node = Anvil()
+    try:
+        with open(f"/proc/{node.process.pid}/environ", "rb") as environ:
+            assert f"HOME={node.home}".encode() in environ.read().split(b"\0")
+        node.mine(300)
+        assert os.path.isdir(node.home)
+    finally:
+        node.stop()
+    assert not os.path.exists(node.home)
