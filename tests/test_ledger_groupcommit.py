@@ -284,6 +284,51 @@ def test_requests_are_answered_at_commit_before_the_batch_closes_and_a_later_err
 @on_postgresql
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.timeout(90)
+@pytest.mark.parametrize("committed", [False, True])
+def test_a_connection_lost_in_a_batch_answers_503_and_a_retry_with_the_key_tells_what_happened(
+        committed: bool, tenant_a: Tenant, payers: list[User], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The connection breaks before anything is sent, or after the COMMIT ran but before its answer came
+    back: either way the client is told 503 `transfer_outcome_unknown`, and its retry with the same key
+    runs the transfer once, or replays the one that committed."""
+    from django.db import OperationalError
+
+    broken = {"on": True}
+    real_commit = groupcommit.commit_in_pipeline
+    real_batch = groupcommit.execute_batch
+
+    def commit_then_lose_the_answer(connection: Any) -> bool:
+        done = real_commit(connection)
+        if broken["on"]:
+            raise OperationalError("server closed the connection unexpectedly")
+        return done
+
+    def lose_the_connection_first(tenant: Tenant, jobs: list[Any]) -> list[Any]:
+        if broken["on"]:
+            raise OperationalError("connection failed: Connection refused")
+        return real_batch(tenant, jobs)
+
+    if committed:
+        monkeypatch.setattr(groupcommit, "commit_in_pipeline", commit_then_lose_the_answer)
+    else:
+        monkeypatch.setattr(groupcommit, "execute_batch", lose_the_connection_first)
+    monkeypatch.setattr(groupcommit, "_connection_lost", lambda: broken["on"])
+    client = signed_in_clients(tenant_a, payers[0], 1)[0]
+    response = _post(client, "lost")
+    assert response.status_code == 503 and response["Retry-After"] == "1"
+    assert response.json()["code"] == "transfer_outcome_unknown"
+    assert Transfer.all_tenants.filter(memo="lost").count() == (1 if committed else 0)
+    broken["on"] = False
+    retry = _post(client, "lost")
+    assert retry.status_code == 201
+    assert retry.get("Idempotent-Replayed") == ("true" if committed else None)
+    assert Transfer.all_tenants.filter(memo="lost").count() == 1
+    assert balance(payers[0])[0] == 10_000 - 100
+    assert ledger_verify(tenant=tenant_a).ok
+
+
+@on_postgresql
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.timeout(90)
 def test_an_error_of_a_job_alone_is_a_500_and_nothing_is_stored(tenant_a: Tenant, payers: list[User],
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     real = groupcommit.transfers_execute
@@ -467,7 +512,7 @@ def test_a_batch_that_fails_with_an_operational_error_is_retried_alone_unless_th
     batch = [_job("a"), _job("b")]
     groupcommit.GroupCommitter()._run(Tenant(pk=uuid.uuid4()), batch)
     if lost:
-        assert calls == [2] and all(isinstance(job.outcome.error, OperationalError) for job in batch)
+        assert calls == [2] and all(isinstance(job.outcome.error, groupcommit.TransferOutcomeUnknown) for job in batch)
     else:
         assert calls == [2, 1, 1] and [job.outcome.status for job in batch] == [201, 201]
 

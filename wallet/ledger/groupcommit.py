@@ -25,7 +25,10 @@ decide in the same round trip, and the batch would otherwise pay two Redis round
 
 If a batch fails as a whole (a database error), each of its jobs is retried alone in its own
 transaction, so one bad request cannot fail its neighbours; an error of a job alone reaches that client
-as a 500, with nothing stored (a retry with the same key runs again). A request that no batch has taken
+as a 500, with nothing stored (a retry with the same key runs again). If the database connection breaks
+(or cannot be opened), the batch may or may not have committed: every job answers 503
+`transfer_outcome_unknown` with `Retry-After`, and a retry with the same key replays what committed or
+runs what did not. A request that no batch has taken
 within LEDGER_GROUP_COMMIT_WAIT_SECONDS (30 s: its committer hangs) leaves the queue and answers 503
 `transfer_queue_timeout` with `Retry-After`; nothing of it was done.
 """
@@ -93,6 +96,19 @@ def idle_seconds() -> float:
 class TransferQueueTimeout(ServiceUnavailable):
     code = "transfer_queue_timeout"
     title = "The transfer could not be started in time; retry it with the same Idempotency-Key"
+
+    def __init__(self, retry_after: int = 1) -> None:
+        super().__init__(retry_after=retry_after)
+        self.headers["Retry-After"] = str(retry_after)
+
+
+class TransferOutcomeUnknown(ServiceUnavailable):
+    """The batch's database connection broke (or the database was unreachable): its transaction committed
+    or it did not, and only the key's record can tell. A retry with the same Idempotency-Key replays the
+    answer if it committed and runs the transfer if it did not, so the client is told to do exactly that."""
+
+    code = "transfer_outcome_unknown"
+    title = "The database connection failed while the transfer ran; retry it with the same Idempotency-Key"
 
     def __init__(self, retry_after: int = 1) -> None:
         super().__init__(retry_after=retry_after)
@@ -446,19 +462,27 @@ class GroupCommitter:
                 if answered:
                     logger.exception("a transfer batch of %d failed after its COMMIT; its answers stand", len(batch))
                     return
-                if len(batch) == 1 or (isinstance(exc, InterfaceError | OperationalError) and _connection_lost()):
+                if _lost(exc):
                     # A connection that broke (or a database that is down) fails every job alike: no retries.
                     # (A deadlock or a lock timeout is an OperationalError too, on a live connection: retried.)
+                    logger.exception("transfer batch of %d: the database connection failed", len(batch))
+                    outcomes = [Outcome(error=TransferOutcomeUnknown())] * len(batch)
+                elif len(batch) == 1:
                     raise
-                logger.exception("transfer batch of %d failed; running each alone", len(batch))
-                outcomes = []
-                for job in batch:
-                    try:
-                        if own_connection:
-                            connection.close_if_unusable_or_obsolete()
-                        outcomes.extend(execute_batch(tenant, [job]))
-                    except Exception as exc:
-                        outcomes.append(Outcome(error=exc))
+                else:
+                    logger.exception("transfer batch of %d failed; running each alone", len(batch))
+                    outcomes = []
+                    for job in batch:
+                        try:
+                            if own_connection:
+                                connection.close_if_unusable_or_obsolete()
+                            outcomes.extend(execute_batch(tenant, [job]))
+                        except Exception as exc:
+                            if _lost(exc):
+                                logger.exception("a transfer alone: the database connection failed")
+                                outcomes.append(Outcome(error=TransferOutcomeUnknown()))
+                            else:
+                                outcomes.append(Outcome(error=exc))
         except BaseException as exc:
             if answered:
                 raise
@@ -474,6 +498,11 @@ class GroupCommitter:
         for job, outcome in zip(batch, outcomes, strict=True):
             job.outcome = outcome
             job.event.set()
+
+
+def _lost(exc: BaseException) -> bool:
+    """Whether `exc` comes from a database connection that broke or could not be opened."""
+    return isinstance(exc, InterfaceError | OperationalError) and _connection_lost()
 
 
 def _connection_lost() -> bool:
