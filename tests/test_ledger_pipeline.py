@@ -14,7 +14,7 @@ from django.db import connection, transaction
 from tenants.models import Tenant, User
 from tests.factories import UserFactory
 from tests.ledger_helpers import balance, enable, fund
-from wallet.core.bulk import SentQuery, commit_in_pipeline, in_pipeline, pipeline, pipelined_atomic
+from wallet.core.bulk import SentQuery, commit_in_pipeline, hot_cursor, in_pipeline, pipeline, pipelined_atomic
 from wallet.events.models import OutboxEvent
 from wallet.ledger import groupcommit
 from wallet.ledger.models import Transfer
@@ -102,9 +102,10 @@ def test_a_pipelined_atomic_block_that_fails_rolls_back_and_leaves_the_connectio
 @on_postgresql
 @pytest.mark.django_db(transaction=True)
 def test_a_pipelined_atomic_block_sends_begin_with_its_first_read(tenant_a: Tenant) -> None:
-    """One round trip for BEGIN and the first read, one for the COMMIT, one for the closing Sync; psycopg
-    alone waits for its BEGIN first. The callbacks run after the commit, and autocommit is back as Django
-    expects it, inside the block (off) and after it (on)."""
+    """One round trip for BEGIN and the first read, then the COMMIT (with its Sync); psycopg alone waits for
+    its BEGIN first, and for a closing Sync after the COMMIT (`bulk._pipeline_mode` skips it).
+    The callbacks run after the commit, and autocommit is back as Django expects it, inside the block (off)
+    and after it (on)."""
     from wallet.events.models import StreamCursor
 
     committed: list[bool] = []
@@ -118,8 +119,11 @@ def test_a_pipelined_atomic_block_sends_begin_with_its_first_read(tenant_a: Tena
             commit_in_pipeline(connection)
         after.append(connection.get_autocommit())
 
+    # This block ends with a read: libpq still reports the connection idle (its last ReadyForQuery was before
+    # BEGIN), so `commit_in_pipeline` syncs first. A transfer batch ends with its writes unread: no Sync
+    # (`test_a_pipelined_batch_takes_fewer_round_trips`).
     assert _round_trips(lambda: block(True, "tenant")) == 3
-    assert _round_trips(lambda: block(False, "tenant-2")) == 4
+    assert _round_trips(lambda: block(False, "tenant-2")) == 3
     assert committed == [True, True] and after == [True, True]
     assert connection.connection.autocommit
     assert set(StreamCursor.all_tenants.filter(tenant=tenant_a).values_list("stream", flat=True)) >= {
@@ -129,6 +133,39 @@ def test_a_pipelined_atomic_block_sends_begin_with_its_first_read(tenant_a: Tena
         with pipelined_atomic(connection):  # an inner block is a plain savepoint with a pipeline
             pass
         assert connection.connection.autocommit and not connection.get_autocommit()
+    assert connection.connection.autocommit and connection.get_autocommit()
+
+
+@on_postgresql
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("pending", [False, True])
+def test_commit_in_pipeline_has_committed_when_it_returns(tenant_a: Tenant, pending: bool) -> None:
+    """The group committer answers its requests when `commit_in_pipeline` returns True: another connection
+    must see the transaction's rows by then, whether the block ends with a statement still unread (a transfer
+    batch) or with everything read (libpq then reports the connection idle and psycopg's own `commit()`
+    would send no COMMIT)."""
+    from django.db import connections as all_connections
+
+    from wallet.events.models import StreamCursor
+
+    stream = f"committed-{pending}"
+    seen: list[bool] = []
+    other = all_connections.create_connection("default")
+    try:
+        with pipelined_atomic(connection):
+            SentQuery(connection, "INSERT INTO events_streamcursor (tenant_id, stream, last_seq) "
+                                  "VALUES (%s, %s, 1) RETURNING last_seq", [tenant_a.pk, stream]).fetchall()
+            if pending:
+                with hot_cursor(connection) as cursor:
+                    cursor.execute("UPDATE events_streamcursor SET last_seq = 2 WHERE stream = %s", [stream])
+            assert commit_in_pipeline(connection)
+            with other.cursor() as cursor:
+                cursor.execute("SELECT last_seq FROM events_streamcursor WHERE stream = %s", [stream])
+                seen.append(cursor.fetchall() == [(2 if pending else 1,)])
+    finally:
+        other.close()
+    assert seen == [True]
+    assert StreamCursor.all_tenants.get(stream=stream).last_seq == (2 if pending else 1)
     assert connection.connection.autocommit and connection.get_autocommit()
 
 
@@ -238,8 +275,8 @@ def test_a_pipelined_batch_takes_fewer_round_trips(tenant_a: Tenant, senders: li
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """BEGIN with the claim and the parties' query (`bulk.pipelined_atomic`: psycopg alone would wait for its
     BEGIN); the accounts' lock with the ledger head's; the writes (the stream cursors' upsert among them) with
-    COMMIT; the pipeline's closing Sync (after COMMIT, no lock held): four, where one statement at a time
-    takes seven."""
+    COMMIT: three, where one statement at a time takes seven. (psycopg's closing Sync after the COMMIT, a
+    fourth, is skipped: `bulk._pipeline_mode`.)"""
     groupcommit.execute_batch(tenant_a, _jobs(tenant_a, senders[:2], "payee@example.com", "warm"))  # caches
     outcomes: list[Any] = []
     pipelined = _round_trips(lambda: outcomes.extend(
@@ -248,7 +285,7 @@ def test_a_pipelined_batch_takes_fewer_round_trips(tenant_a: Tenant, senders: li
     plain = _round_trips(lambda: outcomes.extend(
         groupcommit.execute_batch(tenant_a, _jobs(tenant_a, senders[5:8], "payee@example.com", "plain"))))
     assert [outcome.status for outcome in outcomes] == [201] * 6
-    assert (pipelined, plain) == (4, 7)
+    assert (pipelined, plain) == (3, 7)
     assert ledger_verify(tenant=tenant_a).ok
 
 
@@ -259,29 +296,48 @@ def test_a_closing_sync_that_fails_after_commit_keeps_the_batch(tenant_a: Tenant
                                                                 caplog: pytest.LogCaptureFixture) -> None:
     """The COMMIT went through: an error leaving pipeline mode afterwards must not turn the batch into a
     rollback (Django's) and a retry (the group committer's)."""
-    real_exit = psycopg.Pipeline.__exit__
+    real_exit = psycopg.Pipeline._exit
 
-    def failing_exit(self: psycopg.Pipeline, *exc: Any) -> None:
-        real_exit(self, *exc)
+    def failing_exit(self: psycopg.Pipeline, exc: BaseException | None) -> None:
+        real_exit(self, exc)
         raise psycopg.OperationalError("the connection broke after COMMIT")
 
-    monkeypatch.setattr(psycopg.Pipeline, "__exit__", failing_exit)
+    monkeypatch.setattr(psycopg.Pipeline, "_exit", failing_exit)
     with caplog.at_level("WARNING", logger="wallet.core.bulk"):
         outcomes = groupcommit.execute_batch(tenant_a, _jobs(tenant_a, senders[:3], "payee@example.com", "s"))
     assert [outcome.status for outcome in outcomes] == [201] * 3
     assert "closing a pipeline failed after its COMMIT succeeded" in caplog.text
-    monkeypatch.setattr(psycopg.Pipeline, "__exit__", real_exit)
+    monkeypatch.setattr(psycopg.Pipeline, "_exit", real_exit)
+    connection.close_if_unusable_or_obsolete()  # as the committer does before its next batch
     assert Transfer.all_tenants.filter(memo__startswith="s-").count() == 3
     assert ledger_verify(tenant=tenant_a).ok
     # before the COMMIT, the same failure is the batch's
-    monkeypatch.setattr(psycopg.Pipeline, "__exit__", failing_exit)
+    monkeypatch.setattr(psycopg.Pipeline, "_exit", failing_exit)
     monkeypatch.setattr(groupcommit, "commit_in_pipeline", lambda connection: False)
     from django.db import DatabaseError
 
     with pytest.raises(DatabaseError, match="broke after COMMIT"):
         groupcommit.execute_batch(tenant_a, _jobs(tenant_a, senders[3:6], "payee@example.com", "t"))
-    monkeypatch.setattr(psycopg.Pipeline, "__exit__", real_exit)
+    monkeypatch.setattr(psycopg.Pipeline, "_exit", real_exit)
+    connection.close_if_unusable_or_obsolete()
     assert not Transfer.all_tenants.filter(memo__startswith="t-").exists()
+    # libpq refusing to leave pipeline mode after the COMMIT (a result still pending): psycopg's exit, with its
+    # Sync, does it, and the batch stands
+    monkeypatch.undo()
+    refused: list[int] = []
+
+    def refusing_once(self: psycopg.Pipeline, exc: BaseException | None) -> None:
+        if not refused:
+            refused.append(self.level)
+            raise psycopg.OperationalError("cannot exit pipeline mode with uncollected results")
+        real_exit(self, exc)
+
+    monkeypatch.setattr(psycopg.Pipeline, "_exit", refusing_once)
+    outcomes = groupcommit.execute_batch(tenant_a, _jobs(tenant_a, senders[6:9], "payee@example.com", "u"))
+    assert refused == [1] and [outcome.status for outcome in outcomes] == [201] * 3
+    assert not in_pipeline(connection)
+    assert Transfer.all_tenants.filter(memo__startswith="u-").count() == 3
+    assert ledger_verify(tenant=tenant_a).ok
 
 
 @on_postgresql

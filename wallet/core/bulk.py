@@ -184,13 +184,14 @@ def pipeline(connection: BaseDatabaseWrapper) -> Iterator[None]:
     the previous one's result, and a read of results (`fetchall`, a COMMIT) waits once for everything sent
     before it. A hot path that sends its independent statements before reading any of them (`SentQuery`)
     pays one round trip for all of them. Enter it inside `transaction.atomic()` (changing autocommit in
-    pipeline mode costs a round trip); leaving it costs one (psycopg's closing Sync). Statements that need
+    pipeline mode costs a round trip); leaving it after `commit_in_pipeline` costs none (`_pipeline_mode`), else
+    one (psycopg's closing Sync). Statements that need
     no results (`execute_together`) are sent with the next read. Elsewhere (SQLite) it does nothing.
 
     What differs inside: COPY is not available (`copy_rows` inserts with VALUES); a cursor's `rowcount` is
     unknown until its results are read (read rows instead: `RETURNING`), so ORM saves and updates that
     count rows must not run here; a failed statement aborts everything after it until the next Sync, so no
-    savepoint can recover from it. If the closing Sync fails after `commit_in_pipeline` committed, the
+    savepoint can recover from it. If leaving pipeline mode fails after `commit_in_pipeline` committed, the
     error is logged, not raised: the transaction's effects are durable and its callers must see success."""
     connection = _wrapper(connection)
     if connection.vendor != "postgresql":
@@ -200,7 +201,7 @@ def pipeline(connection: BaseDatabaseWrapper) -> Iterator[None]:
     body_failed = False
     connection.__dict__[_COMMITTED_IN_PIPELINE] = False
     try:
-        with connection.wrap_database_errors, connection.connection.pipeline():
+        with connection.wrap_database_errors, _pipeline_mode(connection):
             try:
                 yield
             except BaseException:
@@ -212,6 +213,56 @@ def pipeline(connection: BaseDatabaseWrapper) -> Iterator[None]:
         logger.warning("closing a pipeline failed after its COMMIT succeeded", exc_info=True)
     finally:
         connection.__dict__.pop(_COMMITTED_IN_PIPELINE, None)
+
+
+@contextlib.contextmanager
+def _pipeline_mode(connection: BaseDatabaseWrapper) -> Iterator[None]:
+    """psycopg's `Connection.pipeline()`, with one round trip less after `commit_in_pipeline`.
+
+    psycopg leaves pipeline mode with a Sync and waits for its answer, always. After a COMMIT that psycopg
+    has already synced (`Connection.commit()` in pipeline mode sends COMMIT and a Sync and reads everything),
+    nothing is sent and nothing is left to read: libpq can leave pipeline mode at once, and the Sync would
+    be a round trip for nothing, after the transaction, in the group committer's serial loop. This takes
+    that shortcut only then (the outermost pipeline, committed here, psycopg's queues empty, the connection
+    idle and not busy); a nested pipeline, a failure and every other exit are psycopg's own. It does what
+    psycopg's `pipeline()` does around its `Pipeline` (psycopg 3.3: `_pipeline`, `_check_connection_ok`,
+    `Pipeline._exit`); `tests/test_ledger_pipeline.py` counts the round trips in libpq's trace."""
+    import psycopg
+
+    raw = connection.connection
+    if raw._pipeline is not None:  # nested: psycopg's own
+        with raw.pipeline():
+            yield
+        return
+    with raw.lock:
+        raw._check_connection_ok()
+        pipeline = raw._pipeline = psycopg.Pipeline(raw)
+    try:
+        pipeline.__enter__()
+        try:
+            yield
+        except BaseException as exc:
+            pipeline.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        pgconn = raw.pgconn
+        if (connection.__dict__.get(_COMMITTED_IN_PIPELINE) and pipeline.level == 1
+                and not pipeline.command_queue and not pipeline.result_queue
+                and pgconn.transaction_status == psycopg.pq.TransactionStatus.IDLE and not pgconn.is_busy()):
+            try:
+                with raw.lock:
+                    pipeline._exit(None)  # libpq leaves pipeline mode (it refuses if a result is still pending)
+            except psycopg.Error:
+                if raw.pgconn.pipeline_status == psycopg.pq.PipelineStatus.OFF:
+                    raise
+                pipeline.level = 1  # libpq refused: psycopg's own exit, with its Sync, after all
+                pipeline.__exit__(None, None, None)
+        else:
+            pipeline.__exit__(None, None, None)  # psycopg's: a Sync, and every result read
+    finally:
+        if pipeline.level == 0:
+            with raw.lock:
+                if raw._pipeline is pipeline:
+                    raw._pipeline = None
 
 
 @contextlib.contextmanager
@@ -258,13 +309,26 @@ def commit_in_pipeline(connection: BaseDatabaseWrapper) -> bool:
     and only runs the `on_commit` callbacks. Does nothing (False) outside pipeline mode, inside an inner
     block or a savepoint (a test's transaction), or when the block must roll back. Call it last in the block:
     a statement after it would run in a new transaction (in `pipelined_atomic`, in autocommit: committed at
-    once, whatever the block does next)."""
+    once, whatever the block does next).
+
+    True means committed: the COMMIT was sent and its answer read (the group committer answers its requests
+    then). psycopg's `commit()` skips the COMMIT when libpq reports the connection idle, and in pipeline mode
+    libpq's status is that of the last ReadyForQuery: after `pipelined_atomic`'s BEGIN, with every result
+    read and nothing sent since, it still says idle. Then a Sync comes first (one round trip; a block that
+    ends with a statement still unread, as a transfer batch does, needs none)."""
+    import psycopg
+
     connection = _wrapper(connection)
     if (not in_pipeline(connection) or len(connection.atomic_blocks) != 1 or connection.savepoint_ids
             or connection.needs_rollback or not connection.commit_on_exit):
         return False
+    raw = connection.connection
     with connection.wrap_database_errors:
-        connection.connection.commit()
+        if raw.pgconn.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            raw._pipeline.sync()  # libpq learns the transaction is open (psycopg's `Pipeline.sync`)
+        if raw.pgconn.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            return False  # no transaction open after all: Django's commit, at the block's end, has nothing to do
+        raw.commit()
     connection.__dict__[_COMMITTED_IN_PIPELINE] = True
     return True
 

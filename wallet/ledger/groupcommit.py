@@ -8,8 +8,8 @@ queued so far (up to `BATCH_MAX`), and in one transaction claims all their keys 
 all their recipients and the parties' accounts (one query: `selectors.transfer_parties_send`), executes
 all their transfers (`transfers_execute`: one lock of the accounts, one write of each table), stores
 every response under its key (one statement) and commits; as soon as the COMMIT is confirmed it hands the
-outcome to each waiting thread (before the pipeline's closing Sync: one round trip sooner), then takes the
-next batch at once. While a batch runs, the next one gathers: the busier the server,
+outcome to each waiting thread (before Django ends the atomic block and runs its on-commit callbacks),
+then takes the next batch at once. While a batch runs, the next one gathers: the busier the server,
 the larger the batches (TigerBeetle's batching, on PostgreSQL). A job submitted inside a transaction of the
 caller runs there, alone; so does one whose process runs LEDGER_GROUP_COMMIT_MAX_COMMITTERS committer threads
 already (each holds a database connection), in its request thread.
@@ -208,7 +208,7 @@ def _replay(stored: StoredResponse) -> Outcome:
 
 
 # Set by the committer around `execute_batch`: what to do with the outcomes as soon as the COMMIT is
-# confirmed (answer the waiting requests), before the pipeline's closing Sync (see `execute_batch`).
+# confirmed (answer the waiting requests), before the block ends (see `execute_batch`).
 _on_committed: contextvars.ContextVar[Callable[[list[Outcome]], None] | None] = contextvars.ContextVar(
     "transfer_batch_on_committed", default=None)
 
@@ -220,13 +220,14 @@ def execute_batch(tenant: Tenant, jobs: list[TransferJob]) -> list[Outcome]:
     Up to PIPELINE_MAX_JOBS jobs, the transaction runs in psycopg's pipeline mode (`bulk.pipelined_atomic`):
     BEGIN, the claim and the parties' query are sent together, then read (one round trip); the ledger locks
     the accounts with the head (one round trip), and its last statement, every write, goes with the COMMIT
-    (one round trip); then the pipeline's closing Sync. Larger batches (rare over HTTP) keep COPY for their
-    many rows, which pipeline mode lacks.
+    (one round trip); leaving pipeline mode then costs none (`bulk._pipeline_mode`). Larger batches (rare
+    over HTTP) keep COPY for their many rows, which pipeline mode lacks.
 
-    Once the COMMIT's own Sync has answered, the transaction is durable and the outcomes final: they go to
-    the `_on_committed` callback then (the committer answers its requests there), and the pipeline's
-    closing Sync, one more round trip, runs after. Whatever fails after that point fails after the commit
-    (`bulk.pipeline` logs a failed closing Sync and does not raise)."""
+    Once the COMMIT's own Sync has answered (`commit_in_pipeline` returned True), the transaction is durable
+    and the outcomes final: they go to the `_on_committed` callback then (the committer answers its requests
+    there), before the pipeline and the atomic block end and the on-commit callbacks run. Whatever fails
+    after that point fails after the commit (`bulk.pipeline` logs a failure to leave pipeline mode and does
+    not raise)."""
     outcomes: list[Outcome | None] = [None] * len(jobs)
     pipelined = len(jobs) <= PIPELINE_MAX_JOBS
     with pipelined_atomic(connection) if pipelined else transaction.atomic():
