@@ -221,69 +221,6 @@ def test_a_batch_failing_after_its_answers_were_built_is_retried_and_answers_wha
 @on_postgresql
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.timeout(90)
-def test_requests_are_answered_at_commit_before_the_batch_closes_and_a_later_error_changes_nothing(
-        tenant_a: Tenant, payers: list[User], monkeypatch: pytest.MonkeyPatch,
-        caplog: pytest.LogCaptureFixture) -> None:
-    """The answers go out once the COMMIT is confirmed, before the pipeline's closing Sync: here the batch's
-    transaction block does not end until every client has its answer, then fails. Answered jobs are final:
-    nothing is retried, each transfer is in the ledger once, and a retry replays the answer."""
-    real = groupcommit.pipelined_atomic
-    real_batch = groupcommit.execute_batch
-    answered: dict[str, threading.Event] = {f"early{i}": threading.Event() for i in range(4)}
-    batch_keys = threading.local()
-    waited: list[bool] = []
-
-    def watching(tenant: Tenant, jobs: list[Any]) -> list[Any]:
-        batch_keys.keys = [job.claim.key for job in jobs]
-        return real_batch(tenant, jobs)
-
-    @contextlib.contextmanager
-    def closing_late(connection: Any) -> Any:
-        with real(connection):
-            yield
-            # The COMMIT is done: each client of this batch must have its answer before the block ends.
-            waited.extend(answered[key].wait(10) for key in batch_keys.keys)
-            raise RuntimeError("closing the batch failed")
-
-    executed: list[int] = []
-    real_execute = groupcommit.transfers_execute
-
-    def counting(*, tenant: Tenant, requests: list[Any], **kwargs: Any) -> list[Any]:
-        executed.append(len(requests))
-        return real_execute(tenant=tenant, requests=requests, **kwargs)
-
-    monkeypatch.setattr(groupcommit, "execute_batch", watching)
-    monkeypatch.setattr(groupcommit, "pipelined_atomic", closing_late)
-    monkeypatch.setattr(groupcommit, "transfers_execute", counting)
-    clients = [signed_in_clients(tenant_a, payer, 1)[0] for payer in payers[:4]]
-
-    def post(client: AppClient, key: str) -> Any:
-        response = _post(client, key)
-        answered[key].set()
-        return response
-
-    with caplog.at_level("ERROR", logger="wallet.ledger.groupcommit"):
-        responses = _concurrently([lambda c=c, i=i: post(c, f"early{i}") for i, c in enumerate(clients)])
-    assert [r.status_code for r in responses] == [201] * len(clients)
-    deadline = time.monotonic() + 10  # the last batch's block ends after its clients have their answers
-    while len(waited) < len(clients) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert len(waited) == len(clients) and all(waited), "an answer waited for its batch to close"
-    assert sum(executed) == len(clients)  # nothing ran twice
-    assert "failed after its COMMIT" in caplog.text
-    monkeypatch.setattr(groupcommit, "pipelined_atomic", real)
-    for i, (client, response) in enumerate(zip(clients, responses, strict=True)):
-        replay = _post(client, f"early{i}")
-        assert (replay.status_code, replay.content, replay["Idempotent-Replayed"]) == (201, response.content, "true")
-    assert Transfer.all_tenants.filter(memo__startswith="early").count() == len(clients)
-    for payer in payers[:4]:
-        assert balance(payer)[0] == 10_000 - 100
-    assert ledger_verify(tenant=tenant_a).ok
-
-
-@on_postgresql
-@pytest.mark.django_db(transaction=True)
-@pytest.mark.timeout(90)
 @pytest.mark.parametrize("committed", [False, True])
 def test_a_connection_lost_in_a_batch_answers_503_and_a_retry_with_the_key_tells_what_happened(
         committed: bool, tenant_a: Tenant, payers: list[User], monkeypatch: pytest.MonkeyPatch) -> None:

@@ -103,7 +103,7 @@ def test_a_pipelined_atomic_block_that_fails_rolls_back_and_leaves_the_connectio
 @pytest.mark.django_db(transaction=True)
 def test_a_pipelined_atomic_block_sends_begin_with_its_first_read(tenant_a: Tenant) -> None:
     """One round trip for BEGIN and the first read, then the COMMIT (with its Sync); psycopg alone waits for
-    its BEGIN first, and for a closing Sync after the COMMIT (`bulk._pipeline_mode` skips it).
+    its BEGIN first, and for a closing Sync after the COMMIT (`bulk.commit_in_pipeline` skips it).
     The callbacks run after the commit, and autocommit is back as Django expects it, inside the block (off)
     and after it (on)."""
     from wallet.events.models import StreamCursor
@@ -166,6 +166,50 @@ def test_commit_in_pipeline_has_committed_when_it_returns(tenant_a: Tenant, pend
         other.close()
     assert seen == [True]
     assert StreamCursor.all_tenants.get(stream=stream).last_seq == (2 if pending else 1)
+    assert connection.connection.autocommit and connection.get_autocommit()
+
+
+@on_postgresql
+@pytest.mark.django_db(transaction=True)
+def test_after_commit_in_pipeline_the_connection_has_left_pipeline_mode(tenant_a: Tenant) -> None:
+    """`commit_in_pipeline` leaves pipeline mode without a Sync: a statement after it (which the docstring
+    forbids, but nothing prevents) runs at once, in autocommit, not in a pipeline that would leave it open
+    in an implicit transaction."""
+    from django.db import connections as all_connections
+
+    other = all_connections.create_connection("default")
+    try:
+        with pipelined_atomic(connection):
+            SentQuery(connection, "INSERT INTO events_streamcursor (tenant_id, stream, last_seq) "
+                                  "VALUES (%s, %s, 1) RETURNING last_seq", [tenant_a.pk, "after"]).fetchall()
+            assert commit_in_pipeline(connection)
+            assert not in_pipeline(connection) and connection.connection._pipeline is None
+            with hot_cursor(connection) as cursor:
+                cursor.execute("UPDATE events_streamcursor SET last_seq = 5 WHERE stream = %s", ["after"])
+            with other.cursor() as cursor:
+                cursor.execute("SELECT last_seq FROM events_streamcursor WHERE stream = %s", ["after"])
+                assert cursor.fetchall() == [(5,)]
+    finally:
+        other.close()
+    assert connection.connection.autocommit and connection.get_autocommit()
+
+
+@on_postgresql
+@pytest.mark.django_db(transaction=True)
+def test_commit_in_pipeline_refuses_a_failed_transaction(tenant_a: Tenant) -> None:
+    """An error caught inside the block leaves the transaction failed: its COMMIT would be a ROLLBACK that
+    reports no error, so `commit_in_pipeline` raises instead of returning True."""
+    from django.db import DatabaseError
+
+    from wallet.events.models import StreamCursor
+
+    with pytest.raises(DatabaseError, match="failed before its COMMIT"), pipelined_atomic(connection):
+        SentQuery(connection, "INSERT INTO events_streamcursor (tenant_id, stream, last_seq) "
+                              "VALUES (%s, %s, 1) RETURNING last_seq", [tenant_a.pk, "failed"]).fetchall()
+        with pytest.raises(DatabaseError):
+            SentQuery(connection, "SELECT 1 / 0").fetchall()
+        commit_in_pipeline(connection)
+    assert not StreamCursor.all_tenants.filter(stream="failed").exists()
     assert connection.connection.autocommit and connection.get_autocommit()
 
 
@@ -276,7 +320,7 @@ def test_a_pipelined_batch_takes_fewer_round_trips(tenant_a: Tenant, senders: li
     """BEGIN with the claim and the parties' query (`bulk.pipelined_atomic`: psycopg alone would wait for its
     BEGIN); the accounts' lock with the ledger head's; the writes (the stream cursors' upsert among them) with
     COMMIT: three, where one statement at a time takes seven. (psycopg's closing Sync after the COMMIT, a
-    fourth, is skipped: `bulk._pipeline_mode`.)"""
+    fourth, is skipped: `bulk.commit_in_pipeline`.)"""
     groupcommit.execute_batch(tenant_a, _jobs(tenant_a, senders[:2], "payee@example.com", "warm"))  # caches
     outcomes: list[Any] = []
     pipelined = _round_trips(lambda: outcomes.extend(
@@ -306,7 +350,7 @@ def test_a_closing_sync_that_fails_after_commit_keeps_the_batch(tenant_a: Tenant
     with caplog.at_level("WARNING", logger="wallet.core.bulk"):
         outcomes = groupcommit.execute_batch(tenant_a, _jobs(tenant_a, senders[:3], "payee@example.com", "s"))
     assert [outcome.status for outcome in outcomes] == [201] * 3
-    assert "closing a pipeline failed after its COMMIT succeeded" in caplog.text
+    assert "leaving pipeline mode failed after its COMMIT succeeded" in caplog.text
     monkeypatch.setattr(psycopg.Pipeline, "_exit", real_exit)
     connection.close_if_unusable_or_obsolete()  # as the committer does before its next batch
     assert Transfer.all_tenants.filter(memo__startswith="s-").count() == 3
@@ -321,8 +365,8 @@ def test_a_closing_sync_that_fails_after_commit_keeps_the_batch(tenant_a: Tenant
     monkeypatch.setattr(psycopg.Pipeline, "_exit", real_exit)
     connection.close_if_unusable_or_obsolete()
     assert not Transfer.all_tenants.filter(memo__startswith="t-").exists()
-    # libpq refusing to leave pipeline mode after the COMMIT (a result still pending): psycopg's exit, with its
-    # Sync, does it, and the batch stands
+    # libpq refusing to leave pipeline mode after the COMMIT (a result still pending; simulated here by a
+    # refusal that leaves everything as it was): psycopg's exit, with its Sync, does it, and the batch stands
     monkeypatch.undo()
     refused: list[int] = []
 

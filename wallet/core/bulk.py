@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple, TypeVar
@@ -210,23 +211,16 @@ def pipeline(connection: BaseDatabaseWrapper) -> Iterator[None]:
     except Exception:
         if body_failed or not connection.__dict__.get(_COMMITTED_IN_PIPELINE):
             raise
-        logger.warning("closing a pipeline failed after its COMMIT succeeded", exc_info=True)
+        logger.warning("leaving pipeline mode failed after its COMMIT succeeded", exc_info=True)
     finally:
         connection.__dict__.pop(_COMMITTED_IN_PIPELINE, None)
 
 
 @contextlib.contextmanager
 def _pipeline_mode(connection: BaseDatabaseWrapper) -> Iterator[None]:
-    """psycopg's `Connection.pipeline()`, with one round trip less after `commit_in_pipeline`.
-
-    psycopg leaves pipeline mode with a Sync and waits for its answer, always. After a COMMIT that psycopg
-    has already synced (`Connection.commit()` in pipeline mode sends COMMIT and a Sync and reads everything),
-    nothing is sent and nothing is left to read: libpq can leave pipeline mode at once, and the Sync would
-    be a round trip for nothing, after the transaction, in the group committer's serial loop. This takes
-    that shortcut only then (the outermost pipeline, committed here, psycopg's queues empty, the connection
-    idle and not busy); a nested pipeline, a failure and every other exit are psycopg's own. It does what
-    psycopg's `pipeline()` does around its `Pipeline` (psycopg 3.3: `_pipeline`, `_check_connection_ok`,
-    `Pipeline._exit`); `tests/test_ledger_pipeline.py` counts the round trips in libpq's trace."""
+    """psycopg's `Connection.pipeline()`, which `commit_in_pipeline` may leave early (`_leave_pipeline`): then
+    the block's end has nothing left to do. It does what psycopg's `pipeline()` does around its `Pipeline`
+    (psycopg 3.3: `_pipeline`, `_check_connection_ok`); a nested pipeline is psycopg's own."""
     import psycopg
 
     raw = connection.connection
@@ -239,30 +233,47 @@ def _pipeline_mode(connection: BaseDatabaseWrapper) -> Iterator[None]:
         pipeline = raw._pipeline = psycopg.Pipeline(raw)
     try:
         pipeline.__enter__()
-        try:
-            yield
-        except BaseException as exc:
-            pipeline.__exit__(type(exc), exc, exc.__traceback__)
-            raise
-        pgconn = raw.pgconn
-        if (connection.__dict__.get(_COMMITTED_IN_PIPELINE) and pipeline.level == 1
-                and not pipeline.command_queue and not pipeline.result_queue
-                and pgconn.transaction_status == psycopg.pq.TransactionStatus.IDLE and not pgconn.is_busy()):
-            try:
-                with raw.lock:
-                    pipeline._exit(None)  # libpq leaves pipeline mode (it refuses if a result is still pending)
-            except psycopg.Error:
-                if raw.pgconn.pipeline_status == psycopg.pq.PipelineStatus.OFF:
-                    raise
-                pipeline.level = 1  # libpq refused: psycopg's own exit, with its Sync, after all
-                pipeline.__exit__(None, None, None)
-        else:
-            pipeline.__exit__(None, None, None)  # psycopg's: a Sync, and every result read
+        yield
     finally:
-        if pipeline.level == 0:
-            with raw.lock:
-                if raw._pipeline is pipeline:
-                    raw._pipeline = None
+        try:
+            if pipeline.level:  # still in pipeline mode: psycopg's exit (a Sync, every result read)
+                pipeline.__exit__(*sys.exc_info())
+        finally:
+            if pipeline.level == 0:
+                with raw.lock:
+                    if raw._pipeline is pipeline:
+                        raw._pipeline = None
+
+
+def _leave_pipeline(connection: BaseDatabaseWrapper) -> None:
+    """Right after `commit_in_pipeline`'s COMMIT: leave pipeline mode without psycopg's closing Sync.
+
+    psycopg leaves pipeline mode with a Sync and waits for its answer, always. After a COMMIT psycopg has
+    synced (`Connection.commit()` in pipeline mode sends COMMIT and a Sync and reads every result), nothing
+    is sent and nothing is left to read: libpq can leave at once, and the Sync would be a round trip for
+    nothing in the group committer's serial loop (5 ms of a 40-ms batch at the median at the maximum). Only
+    for `_pipeline_mode`'s outermost pipeline with psycopg's queues empty; if libpq refuses (a result still
+    pending), psycopg's own exit does it at the block's end, with its Sync. Statements after this run
+    outside pipeline mode (in `pipelined_atomic`, in autocommit), as `commit_in_pipeline` says."""
+    import psycopg
+
+    raw = connection.connection
+    pipeline = raw._pipeline
+    if (pipeline is None or pipeline.level != 1 or pipeline.command_queue or pipeline.result_queue
+            or raw.pgconn.is_busy()):
+        return
+    try:
+        with raw.lock:
+            pipeline._exit(None)  # psycopg's own last step of its exit: level 0, libpq leaves pipeline mode
+            raw._pipeline = None
+    except psycopg.Error:
+        if raw.pgconn.pipeline_status != psycopg.pq.PipelineStatus.OFF:
+            pipeline.level = 1  # libpq refused: psycopg's exit, with its Sync, at the block's end
+            return
+        with raw.lock:
+            if raw._pipeline is pipeline:
+                raw._pipeline = None
+        logger.warning("leaving pipeline mode failed after its COMMIT succeeded", exc_info=True)
 
 
 @contextlib.contextmanager
@@ -311,11 +322,13 @@ def commit_in_pipeline(connection: BaseDatabaseWrapper) -> bool:
     a statement after it would run in a new transaction (in `pipelined_atomic`, in autocommit: committed at
     once, whatever the block does next).
 
-    True means committed: the COMMIT was sent and its answer read (the group committer answers its requests
-    then). psycopg's `commit()` skips the COMMIT when libpq reports the connection idle, and in pipeline mode
-    libpq's status is that of the last ReadyForQuery: after `pipelined_atomic`'s BEGIN, with every result
-    read and nothing sent since, it still says idle. Then a Sync comes first (one round trip; a block that
-    ends with a statement still unread, as a transfer batch does, needs none)."""
+    True means committed: the COMMIT was sent and its answer read, and the connection has left pipeline
+    mode (`_leave_pipeline`: no closing Sync). psycopg's `commit()` skips the COMMIT when libpq reports the
+    connection idle, and in pipeline mode libpq's status is that of the last ReadyForQuery: after
+    `pipelined_atomic`'s BEGIN, with every result read and nothing sent since, it still says idle. Then a
+    Sync comes first (one round trip; a block that ends with a statement still unread, as a transfer batch
+    does, needs none). A transaction that failed (an error caught inside the block) raises: its COMMIT would
+    be a ROLLBACK that reports no error."""
     import psycopg
 
     connection = _wrapper(connection)
@@ -323,13 +336,19 @@ def commit_in_pipeline(connection: BaseDatabaseWrapper) -> bool:
             or connection.needs_rollback or not connection.commit_on_exit):
         return False
     raw = connection.connection
+    status = psycopg.pq.TransactionStatus
     with connection.wrap_database_errors:
-        if raw.pgconn.transaction_status == psycopg.pq.TransactionStatus.IDLE:
-            raw._pipeline.sync()  # libpq learns the transaction is open (psycopg's `Pipeline.sync`)
-        if raw.pgconn.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+        if raw.pgconn.transaction_status == status.IDLE:
+            raw._pipeline.sync()  # libpq learns the transaction's state (psycopg's `Pipeline.sync`)
+        if raw.pgconn.transaction_status == status.IDLE:
             return False  # no transaction open after all: Django's commit, at the block's end, has nothing to do
+        if raw.pgconn.transaction_status == status.INERROR:
+            raise psycopg.errors.InFailedSqlTransaction("the transaction failed before its COMMIT: nothing committed")
         raw.commit()
+        if raw.pgconn.transaction_status != status.IDLE or raw._pipeline.result_queue:
+            raise psycopg.OperationalError("COMMIT sent, but its answer was not read: the outcome is unknown")
     connection.__dict__[_COMMITTED_IN_PIPELINE] = True
+    _leave_pipeline(connection)
     return True
 
 

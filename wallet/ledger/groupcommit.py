@@ -7,9 +7,10 @@ text, or the refusal found while validating), queues it and waits. The committer
 queued so far (up to `BATCH_MAX`), and in one transaction claims all their keys (one statement), finds
 all their recipients and the parties' accounts (one query: `selectors.transfer_parties_send`), executes
 all their transfers (`transfers_execute`: one lock of the accounts, one write of each table), stores
-every response under its key (one statement) and commits; as soon as the COMMIT is confirmed it hands the
-outcome to each waiting thread (before Django ends the atomic block and runs its on-commit callbacks),
-then takes the next batch at once. While a batch runs, the next one gathers: the busier the server,
+every response under its key (one statement) and commits; then it hands the outcome to each waiting
+thread (after the on-commit callbacks, which also tell this process's balance reads that the stream heads
+moved: a client that reads its balance after the answer sees the transfer) and takes the next batch at
+once. While a batch runs, the next one gathers: the busier the server,
 the larger the batches (TigerBeetle's batching, on PostgreSQL). A job submitted inside a transaction of the
 caller runs there, alone; so does one whose process runs LEDGER_GROUP_COMMIT_MAX_COMMITTERS committer threads
 already (each holds a database connection), in its request thread.
@@ -35,12 +36,11 @@ within LEDGER_GROUP_COMMIT_WAIT_SECONDS (30 s: its committer hangs) leaves the q
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import os
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -207,12 +207,6 @@ def _replay(stored: StoredResponse) -> Outcome:
                    location=stored.location, replayed=True)
 
 
-# Set by the committer around `execute_batch`: what to do with the outcomes as soon as the COMMIT is
-# confirmed (answer the waiting requests), before the block ends (see `execute_batch`).
-_on_committed: contextvars.ContextVar[Callable[[list[Outcome]], None] | None] = contextvars.ContextVar(
-    "transfer_batch_on_committed", default=None)
-
-
 def execute_batch(tenant: Tenant, jobs: list[TransferJob]) -> list[Outcome]:
     """Claim, execute and store the responses of `jobs` (distinct keys, one tenant) in one transaction.
     Jobs are not changed: a job retried after a failed batch is decided again, in its own transaction.
@@ -220,14 +214,8 @@ def execute_batch(tenant: Tenant, jobs: list[TransferJob]) -> list[Outcome]:
     Up to PIPELINE_MAX_JOBS jobs, the transaction runs in psycopg's pipeline mode (`bulk.pipelined_atomic`):
     BEGIN, the claim and the parties' query are sent together, then read (one round trip); the ledger locks
     the accounts with the head (one round trip), and its last statement, every write, goes with the COMMIT
-    (one round trip); leaving pipeline mode then costs none (`bulk._pipeline_mode`). Larger batches (rare
-    over HTTP) keep COPY for their many rows, which pipeline mode lacks.
-
-    Once the COMMIT's own Sync has answered (`commit_in_pipeline` returned True), the transaction is durable
-    and the outcomes final: they go to the `_on_committed` callback then (the committer answers its requests
-    there), before the pipeline and the atomic block end and the on-commit callbacks run. Whatever fails
-    after that point fails after the commit (`bulk.pipeline` logs a failure to leave pipeline mode and does
-    not raise)."""
+    (one round trip), which also leaves pipeline mode (`bulk.commit_in_pipeline`: no closing Sync). Larger
+    batches (rare over HTTP) keep COPY for their many rows, which pipeline mode lacks."""
     outcomes: list[Outcome | None] = [None] * len(jobs)
     pipelined = len(jobs) <= PIPELINE_MAX_JOBS
     with pipelined_atomic(connection) if pipelined else transaction.atomic():
@@ -273,10 +261,7 @@ def execute_batch(tenant: Tenant, jobs: list[TransferJob]) -> list[Outcome]:
                               known_accounts=accounts, before_flush=respond)
         else:
             respond([], None)
-        if commit_in_pipeline(connection):  # the writes and COMMIT in one round trip
-            on_committed = _on_committed.get()
-            if on_committed is not None:
-                on_committed(outcomes)  # type: ignore[arg-type]
+        commit_in_pipeline(connection)  # the writes and COMMIT in one round trip
     return outcomes  # type: ignore[return-value]
 
 
@@ -439,30 +424,13 @@ class GroupCommitter:
     def _run(self, tenant: Tenant, batch: list[TransferJob], own_connection: bool = False) -> None:
         """Execute `batch` and answer its jobs. `own_connection`: the committer thread's, outside any
         transaction, checked before each transaction as Django checks a request's (one that broke, or
-        outlived CONN_MAX_AGE, is closed and the next query opens a new one).
-
-        The jobs are answered as soon as the batch's COMMIT is confirmed (`execute_batch`): once answered,
-        they are final, and an error raised after that point is logged, not retried (everything committed)."""
-        answered = False
-
-        def answer(outcomes: list[Outcome]) -> None:
-            nonlocal answered
-            answered = True
-            self._deliver(batch, outcomes)
-
+        outlived CONN_MAX_AGE, is closed and the next query opens a new one)."""
         try:
             try:
                 if own_connection:
                     connection.close_if_unusable_or_obsolete()
-                token = _on_committed.set(answer)
-                try:
-                    outcomes = execute_batch(tenant, batch)
-                finally:
-                    _on_committed.reset(token)
+                outcomes = execute_batch(tenant, batch)
             except Exception as exc:
-                if answered:
-                    logger.exception("a transfer batch of %d failed after its COMMIT; its answers stand", len(batch))
-                    return
                 if _lost(exc):
                     # A connection that broke (or a database that is down) fails every job alike: no retries.
                     # (A deadlock or a lock timeout is an OperationalError too, on a live connection: retried.)
@@ -485,14 +453,11 @@ class GroupCommitter:
                             else:
                                 outcomes.append(Outcome(error=exc))
         except BaseException as exc:
-            if answered:
-                raise
             outcomes = [Outcome(error=exc)] * len(batch)
             if not isinstance(exc, Exception):
                 self._deliver(batch, outcomes)
                 raise
-        if not answered:
-            self._deliver(batch, outcomes)
+        self._deliver(batch, outcomes)
 
     @staticmethod
     def _deliver(batch: list[TransferJob], outcomes: list[Outcome]) -> None:
