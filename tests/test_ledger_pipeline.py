@@ -213,6 +213,27 @@ def test_commit_in_pipeline_refuses_a_failed_transaction(tenant_a: Tenant) -> No
     assert connection.connection.autocommit and connection.get_autocommit()
 
 
+@on_postgresql
+@pytest.mark.django_db(transaction=True)
+def test_a_failing_pipeline_exit_is_raised_also_inside_an_except_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    """psycopg's exit logs and swallows its own failure when told an exception is in flight: the block's own
+    exception, never one its caller happens to be handling (the group committer retries inside `except`)."""
+    from django.db import DatabaseError
+
+    def failing_exit_gen(self: psycopg.Pipeline) -> Any:
+        raise psycopg.OperationalError("the closing Sync failed")
+        yield  # a generator, as psycopg's own
+
+    monkeypatch.setattr(psycopg.Pipeline, "_exit_gen", failing_exit_gen)
+    try:
+        raise ValueError("being handled by the caller")
+    except ValueError:
+        with pytest.raises(DatabaseError, match="closing Sync failed"), transaction.atomic(), pipeline(connection):
+            SentQuery(connection, "SELECT 1").fetchall()
+    monkeypatch.undo()
+    assert not in_pipeline(connection) and connection.connection._pipeline is None
+
+
 def _atomic_pipeline() -> Any:
     import contextlib
 
@@ -338,50 +359,53 @@ def test_a_pipelined_batch_takes_fewer_round_trips(tenant_a: Tenant, senders: li
 def test_a_closing_sync_that_fails_after_commit_keeps_the_batch(tenant_a: Tenant, senders: list[User],
                                                                 monkeypatch: pytest.MonkeyPatch,
                                                                 caplog: pytest.LogCaptureFixture) -> None:
-    """The COMMIT went through: an error leaving pipeline mode afterwards must not turn the batch into a
-    rollback (Django's) and a retry (the group committer's)."""
-    real_exit = psycopg.Pipeline._exit
-
-    def failing_exit(self: psycopg.Pipeline, exc: BaseException | None) -> None:
-        real_exit(self, exc)
-        raise psycopg.OperationalError("the connection broke after COMMIT")
-
-    monkeypatch.setattr(psycopg.Pipeline, "_exit", failing_exit)
-    with caplog.at_level("WARNING", logger="wallet.core.bulk"):
-        outcomes = groupcommit.execute_batch(tenant_a, _jobs(tenant_a, senders[:3], "payee@example.com", "s"))
-    assert [outcome.status for outcome in outcomes] == [201] * 3
-    assert "leaving pipeline mode failed after its COMMIT succeeded" in caplog.text
-    monkeypatch.setattr(psycopg.Pipeline, "_exit", real_exit)
-    connection.close_if_unusable_or_obsolete()  # as the committer does before its next batch
-    assert Transfer.all_tenants.filter(memo__startswith="s-").count() == 3
-    assert ledger_verify(tenant=tenant_a).ok
-    # before the COMMIT, the same failure is the batch's
-    monkeypatch.setattr(psycopg.Pipeline, "_exit", failing_exit)
-    monkeypatch.setattr(groupcommit, "commit_in_pipeline", lambda connection: False)
+    """After the COMMIT, `commit_in_pipeline` leaves pipeline mode without a Sync. If libpq refuses (a result
+    still pending), psycopg's own exit does it at the block's end, with its Sync; if that fails too, the
+    batch still stands: an error after the COMMIT must not turn it into a rollback (Django's) and a retry
+    (the group committer's). Before the COMMIT, the same failure is the batch's."""
     from django.db import DatabaseError
 
-    with pytest.raises(DatabaseError, match="broke after COMMIT"):
-        groupcommit.execute_batch(tenant_a, _jobs(tenant_a, senders[3:6], "payee@example.com", "t"))
-    monkeypatch.setattr(psycopg.Pipeline, "_exit", real_exit)
-    connection.close_if_unusable_or_obsolete()
-    assert not Transfer.all_tenants.filter(memo__startswith="t-").exists()
-    # libpq refusing to leave pipeline mode after the COMMIT (a result still pending; simulated here by a
-    # refusal that leaves everything as it was): psycopg's exit, with its Sync, does it, and the batch stands
-    monkeypatch.undo()
+    real_exit, real_dunder_exit = psycopg.Pipeline._exit, psycopg.Pipeline.__exit__
     refused: list[int] = []
 
     def refusing_once(self: psycopg.Pipeline, exc: BaseException | None) -> None:
-        if not refused:
+        if not refused:  # as libpq's refusal does in psycopg's `_exit`: the level is lowered, then it raises
             refused.append(self.level)
+            self.level -= 1
             raise psycopg.OperationalError("cannot exit pipeline mode with uncollected results")
         real_exit(self, exc)
 
     monkeypatch.setattr(psycopg.Pipeline, "_exit", refusing_once)
-    outcomes = groupcommit.execute_batch(tenant_a, _jobs(tenant_a, senders[6:9], "payee@example.com", "u"))
+    with caplog.at_level("WARNING", logger="wallet.core.bulk"):
+        outcomes = groupcommit.execute_batch(tenant_a, _jobs(tenant_a, senders[:3], "payee@example.com", "u"))
     assert refused == [1] and [outcome.status for outcome in outcomes] == [201] * 3
-    assert not in_pipeline(connection)
+    assert "leaving pipeline mode at once after a COMMIT was refused" in caplog.text
+    assert not in_pipeline(connection) and connection.connection._pipeline is None
     assert Transfer.all_tenants.filter(memo__startswith="u-").count() == 3
+
+    def failing_dunder_exit(self: psycopg.Pipeline, *exc: Any) -> None:
+        real_dunder_exit(self, *exc)
+        raise psycopg.OperationalError("the connection broke after COMMIT")
+
+    refused.clear()
+    caplog.clear()
+    monkeypatch.setattr(psycopg.Pipeline, "__exit__", failing_dunder_exit)
+    with caplog.at_level("WARNING", logger="wallet.core.bulk"):
+        outcomes = groupcommit.execute_batch(tenant_a, _jobs(tenant_a, senders[3:6], "payee@example.com", "s"))
+    assert refused == [1] and [outcome.status for outcome in outcomes] == [201] * 3
+    assert "closing a pipeline failed after its COMMIT succeeded" in caplog.text
+    monkeypatch.undo()
+    connection.close_if_unusable_or_obsolete()  # as the committer does before its next batch
+    assert Transfer.all_tenants.filter(memo__startswith="s-").count() == 3
     assert ledger_verify(tenant=tenant_a).ok
+    # before the COMMIT, the same failure is the batch's
+    monkeypatch.setattr(psycopg.Pipeline, "__exit__", failing_dunder_exit)
+    monkeypatch.setattr(groupcommit, "commit_in_pipeline", lambda connection: False)
+    with pytest.raises(DatabaseError, match="broke after COMMIT"):
+        groupcommit.execute_batch(tenant_a, _jobs(tenant_a, senders[6:9], "payee@example.com", "t"))
+    monkeypatch.undo()
+    connection.close_if_unusable_or_obsolete()
+    assert not Transfer.all_tenants.filter(memo__startswith="t-").exists()
 
 
 @on_postgresql

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple, TypeVar
@@ -177,6 +176,8 @@ def in_pipeline(connection: BaseDatabaseWrapper) -> bool:
 
 # Set on the connection wrapper by `commit_in_pipeline`, read by `pipeline` as it closes.
 _COMMITTED_IN_PIPELINE = "_bulk_committed_in_pipeline"
+# The outermost psycopg pipeline that `_pipeline_mode` opened, the only one `_leave_pipeline` leaves.
+_OWN_PIPELINE = "_bulk_own_pipeline"
 
 
 @contextlib.contextmanager
@@ -185,9 +186,9 @@ def pipeline(connection: BaseDatabaseWrapper) -> Iterator[None]:
     the previous one's result, and a read of results (`fetchall`, a COMMIT) waits once for everything sent
     before it. A hot path that sends its independent statements before reading any of them (`SentQuery`)
     pays one round trip for all of them. Enter it inside `transaction.atomic()` (changing autocommit in
-    pipeline mode costs a round trip); leaving it after `commit_in_pipeline` costs none (`_pipeline_mode`), else
-    one (psycopg's closing Sync). Statements that need
-    no results (`execute_together`) are sent with the next read. Elsewhere (SQLite) it does nothing.
+    pipeline mode costs a round trip); `commit_in_pipeline` leaves it without a round trip, otherwise leaving
+    costs one (psycopg's closing Sync). Statements that need no results (`execute_together`) are sent with
+    the next read. Elsewhere (SQLite) it does nothing.
 
     What differs inside: COPY is not available (`copy_rows` inserts with VALUES); a cursor's `rowcount` is
     unknown until its results are read (read rows instead: `RETURNING`), so ORM saves and updates that
@@ -211,7 +212,7 @@ def pipeline(connection: BaseDatabaseWrapper) -> Iterator[None]:
     except Exception:
         if body_failed or not connection.__dict__.get(_COMMITTED_IN_PIPELINE):
             raise
-        logger.warning("leaving pipeline mode failed after its COMMIT succeeded", exc_info=True)
+        logger.warning("closing a pipeline failed after its COMMIT succeeded", exc_info=True)
     finally:
         connection.__dict__.pop(_COMMITTED_IN_PIPELINE, None)
 
@@ -231,14 +232,23 @@ def _pipeline_mode(connection: BaseDatabaseWrapper) -> Iterator[None]:
     with raw.lock:
         raw._check_connection_ok()
         pipeline = raw._pipeline = psycopg.Pipeline(raw)
+    connection.__dict__[_OWN_PIPELINE] = pipeline
+    # The block's own exception only: `sys.exc_info()` here would also show one that the caller is handling
+    # (the group committer runs its retries inside an `except`), and psycopg's exit would then swallow errors.
+    failure: tuple[Any, Any, Any] = (None, None, None)
     try:
         pipeline.__enter__()
-        yield
+        try:
+            yield
+        except BaseException as exc:
+            failure = (type(exc), exc, exc.__traceback__)
+            raise
     finally:
         try:
             if pipeline.level:  # still in pipeline mode: psycopg's exit (a Sync, every result read)
-                pipeline.__exit__(*sys.exc_info())
+                pipeline.__exit__(*failure)
         finally:
+            connection.__dict__.pop(_OWN_PIPELINE, None)
             if pipeline.level == 0:
                 with raw.lock:
                     if raw._pipeline is pipeline:
@@ -259,21 +269,18 @@ def _leave_pipeline(connection: BaseDatabaseWrapper) -> None:
 
     raw = connection.connection
     pipeline = raw._pipeline
-    if (pipeline is None or pipeline.level != 1 or pipeline.command_queue or pipeline.result_queue
-            or raw.pgconn.is_busy()):
-        return
+    if (pipeline is None or pipeline is not connection.__dict__.get(_OWN_PIPELINE) or pipeline.level != 1
+            or pipeline.command_queue or pipeline.result_queue or raw.pgconn.is_busy()):
+        return  # not `_pipeline_mode`'s outermost pipeline, or something left to read: its exit, with a Sync
     try:
         with raw.lock:
             pipeline._exit(None)  # psycopg's own last step of its exit: level 0, libpq leaves pipeline mode
             raw._pipeline = None
     except psycopg.Error:
-        if raw.pgconn.pipeline_status != psycopg.pq.PipelineStatus.OFF:
-            pipeline.level = 1  # libpq refused: psycopg's exit, with its Sync, at the block's end
-            return
-        with raw.lock:
-            if raw._pipeline is pipeline:
-                raw._pipeline = None
-        logger.warning("leaving pipeline mode failed after its COMMIT succeeded", exc_info=True)
+        # libpq refused (`_exit` lowered the level first): psycopg's exit, with its Sync, at the block's end
+        pipeline.level = 1
+        logger.warning("leaving pipeline mode at once after a COMMIT was refused; leaving it with a Sync",
+                       exc_info=True)
 
 
 @contextlib.contextmanager
@@ -322,13 +329,13 @@ def commit_in_pipeline(connection: BaseDatabaseWrapper) -> bool:
     a statement after it would run in a new transaction (in `pipelined_atomic`, in autocommit: committed at
     once, whatever the block does next).
 
-    True means committed: the COMMIT was sent and its answer read, and the connection has left pipeline
-    mode (`_leave_pipeline`: no closing Sync). psycopg's `commit()` skips the COMMIT when libpq reports the
-    connection idle, and in pipeline mode libpq's status is that of the last ReadyForQuery: after
-    `pipelined_atomic`'s BEGIN, with every result read and nothing sent since, it still says idle. Then a
-    Sync comes first (one round trip; a block that ends with a statement still unread, as a transfer batch
-    does, needs none). A transaction that failed (an error caught inside the block) raises: its COMMIT would
-    be a ROLLBACK that reports no error."""
+    True means committed: the COMMIT was sent and its answer read; the connection has then left pipeline
+    mode if this is `pipeline`'s outermost pipeline (`_leave_pipeline`: no closing Sync). psycopg's
+    `commit()` skips the COMMIT when libpq reports the connection idle, and in pipeline mode libpq's status
+    is that of the last ReadyForQuery: after `pipelined_atomic`'s BEGIN, with every result read and nothing
+    sent since, it still says idle. Then a Sync comes first (one round trip; a block that ends with a
+    statement still unread, as a transfer batch does, needs none). A transaction that failed (an error
+    caught inside the block) raises: its COMMIT would be a ROLLBACK that reports no error."""
     import psycopg
 
     connection = _wrapper(connection)
@@ -346,6 +353,7 @@ def commit_in_pipeline(connection: BaseDatabaseWrapper) -> bool:
             raise psycopg.errors.InFailedSqlTransaction("the transaction failed before its COMMIT: nothing committed")
         raw.commit()
         if raw.pgconn.transaction_status != status.IDLE or raw._pipeline.result_queue:
+            raw.close()  # its state is unknown: not reused, and the group committer answers "outcome unknown"
             raise psycopg.OperationalError("COMMIT sent, but its answer was not read: the outcome is unknown")
     connection.__dict__[_COMMITTED_IN_PIPELINE] = True
     _leave_pipeline(connection)
