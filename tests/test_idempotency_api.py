@@ -256,6 +256,35 @@ def test_unexpected_exception_leaves_no_record_and_a_retry_runs_the_effect(app_a
     assert effect_count() == 1
 
 
+@pytest.mark.parametrize("lost", [True, False])
+def test_a_lost_database_connection_is_503_outcome_unknown_and_the_retry_runs_once(
+        app_a: AppClient, monkeypatch: pytest.MonkeyPatch, lost: bool) -> None:
+    """A connection that breaks while the request runs may have lost a COMMIT's answer: 503 `outcome_unknown`,
+    retry with the same key. A database error on a live connection (a deadlock) stays what it was."""
+    from django.db import OperationalError
+
+    from wallet.idempotency import api
+
+    def broken() -> None:
+        raise OperationalError("server closed the connection unexpectedly" if lost else "deadlock detected")
+
+    idempotency_views.EFFECT_HOOK = broken
+    monkeypatch.setattr(api, "connection_lost", lambda using: lost)
+    if lost:
+        response = post(app_a)
+        assert (response.status_code, response["Retry-After"]) == (503, "1")
+        assert response.json()["code"] == "outcome_unknown"
+    else:
+        with pytest.raises(OperationalError):
+            post(app_a)
+    assert effect_count() == 0 and records() == 0
+    idempotency_views.EFFECT_HOOK = None
+    monkeypatch.undo()
+    retry = post(app_a)
+    assert retry.status_code == 201 and "Idempotent-Replayed" not in retry
+    assert effect_count() == 1
+
+
 @pytest.mark.parametrize(("outcome", "status", "code"), [("unavailable", 503, "service_unavailable"),
                                                          ("throttled", 429, "throttled")])
 def test_retryable_errors_are_not_stored(app_a: AppClient, outcome: str, status: int, code: str) -> None:

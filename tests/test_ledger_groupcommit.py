@@ -225,7 +225,7 @@ def test_a_batch_failing_after_its_answers_were_built_is_retried_and_answers_wha
 def test_a_connection_lost_in_a_batch_answers_503_and_a_retry_with_the_key_tells_what_happened(
         committed: bool, tenant_a: Tenant, payers: list[User], monkeypatch: pytest.MonkeyPatch) -> None:
     """The connection breaks before anything is sent, or after the COMMIT ran but before its answer came
-    back: either way the client is told 503 `transfer_outcome_unknown`, and its retry with the same key
+    back: either way the client is told 503 `outcome_unknown`, and its retry with the same key
     runs the transfer once, or replays the one that committed."""
     from django.db import OperationalError
 
@@ -252,7 +252,7 @@ def test_a_connection_lost_in_a_batch_answers_503_and_a_retry_with_the_key_tells
     client = signed_in_clients(tenant_a, payers[0], 1)[0]
     response = _post(client, "lost")
     assert response.status_code == 503 and response["Retry-After"] == "1"
-    assert response.json()["code"] == "transfer_outcome_unknown"
+    assert response.json()["code"] == "outcome_unknown"
     assert Transfer.all_tenants.filter(memo="lost").count() == (1 if committed else 0)
     broken["on"] = False
     retry = _post(client, "lost")
@@ -449,7 +449,7 @@ def test_a_batch_that_fails_with_an_operational_error_is_retried_alone_unless_th
     batch = [_job("a"), _job("b")]
     groupcommit.GroupCommitter()._run(Tenant(pk=uuid.uuid4()), batch)
     if lost:
-        assert calls == [2] and all(isinstance(job.outcome.error, groupcommit.TransferOutcomeUnknown) for job in batch)
+        assert calls == [2] and all(isinstance(job.outcome.error, groupcommit.OutcomeUnknown) for job in batch)
     else:
         assert calls == [2, 1, 1] and [job.outcome.status for job in batch] == [201, 201]
 

@@ -23,17 +23,22 @@ Outcomes of the view method:
   while the record (with the problem response) commits: the retry gets the same answer, like Stripe;
 - 401, 408, 429 and 5xx (raised or returned), and any unexpected exception: the whole transaction rolls
   back, nothing is stored, and a retry runs the view again. These answers say "try again", so storing
-  them would make a retry useless.
+  them would make a retry useless;
+- a database connection that breaks (or a database that cannot be reached): 503 `outcome_unknown`, since
+  the transaction may have committed before its answer was lost; the retry with the same key replays it
+  or runs it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from django.core.exceptions import ImproperlyConfigured
-from django.db import transaction
+from django.db import InterfaceError, OperationalError, connections, transaction
 from django.http import HttpResponse, HttpResponseBase, RawPostDataException
 from drf_spectacular.utils import extend_schema
 from rest_framework.request import Request
@@ -46,6 +51,7 @@ from wallet.idempotency.errors import (
     IdempotencyKeyInvalid,
     IdempotencyKeyMissing,
     IdempotencyKeyReused,
+    OutcomeUnknown,
 )
 from wallet.idempotency.fingerprint import (
     HEADER,
@@ -87,6 +93,7 @@ __all__ = [
     "request_key_and_fingerprint",
 ]
 
+logger = logging.getLogger("wallet.idempotency")
 ViewMethod = TypeVar("ViewMethod", bound=Callable[..., HttpResponseBase])
 
 #: Statuses that tell the client to retry the same request (after re-authenticating, or later):
@@ -131,6 +138,13 @@ def _render(view: APIView, request: Request, response: HttpResponseBase) -> None
         response.render()
 
 
+def connection_lost(using: str) -> bool:
+    """Whether the database connection `using` of this thread is closed or broke (psycopg's view; no round
+    trip)."""
+    raw = connections[using].connection
+    return raw is None or bool(getattr(raw, "closed", False)) or bool(getattr(raw, "broken", False))
+
+
 def _run_effect(view: APIView, request: Request, method: Callable[..., HttpResponseBase],
                 args: tuple[Any, ...], kwargs: dict[str, Any], using: str) -> HttpResponseBase:
     """The view method in a savepoint; a reported error below 500 becomes its stored problem response."""
@@ -169,6 +183,21 @@ def request_key_and_fingerprint(request: Request) -> tuple[str, str]:
     return key, fingerprint
 
 
+@contextlib.contextmanager
+def _outcome_unknown_if_connection_lost(using: str) -> Iterator[None]:
+    """A database connection that broke (or a database that cannot be reached) while the request ran is 503
+    `outcome_unknown`: the transaction may have committed (a COMMIT whose answer was lost) or not, and a
+    retry with the same key tells which. A deadlock or a lock timeout, on a live connection, stays as it
+    was."""
+    try:
+        yield
+    except (InterfaceError, OperationalError) as exc:
+        if not connection_lost(using):
+            raise
+        logger.warning("the database connection failed during an idempotent request", exc_info=True)
+        raise OutcomeUnknown() from exc
+
+
 def idempotent(view_method: ViewMethod) -> ViewMethod:
     """Require `Idempotency-Key` on a DRF view method and make it exactly-once per (tenant, user, key).
 
@@ -198,7 +227,7 @@ def idempotent(view_method: ViewMethod) -> ViewMethod:
                 return replay_response(stored)
             using = idempotency_database_alias()
             try:
-                with transaction.atomic(using=using):
+                with _outcome_unknown_if_connection_lost(using), transaction.atomic(using=using):
                     claim = idempotency_claim(**scope, fingerprint=fingerprint, method=request.method,
                                               path=request.path)
                     if claim.stored is not None:

@@ -16,7 +16,9 @@ IDEMPOTENCY_DESCRIPTION = (
     "scoped to the signed-in user. The first response (status and body) is kept at least 24 hours and a "
     f"retry gets it again with `{REPLAYED_HEADER}: true`. Errors: 400 `idempotency_key_missing`, "
     "400 `idempotency_key_invalid`, 422 `idempotency_key_reused` (same key, different method, path or "
-    "body), 409 `idempotency_key_in_flight` (the first request is still running; retry shortly)."
+    "body), 409 `idempotency_key_in_flight` (the first request is still running; retry shortly), 503 "
+    "`outcome_unknown` (the database connection failed while the request ran: retry with the same key, which "
+    "answers what happened)."
 )
 
 idempotency_key_parameter = OpenApiParameter(

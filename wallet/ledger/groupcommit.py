@@ -28,7 +28,7 @@ If a batch fails as a whole (a database error), each of its jobs is retried alon
 transaction, so one bad request cannot fail its neighbours; an error of a job alone reaches that client
 as a 500, with nothing stored (a retry with the same key runs again). If the database connection breaks
 (or cannot be opened), the batch may or may not have committed: every job answers 503
-`transfer_outcome_unknown` with `Retry-After`, and a retry with the same key replays what committed or
+`outcome_unknown` with `Retry-After`, and a retry with the same key replays what committed or
 runs what did not. A request that no batch has taken
 within LEDGER_GROUP_COMMIT_WAIT_SECONDS (30 s: its committer hangs) leaves the queue and answers 503
 `transfer_queue_timeout` with `Retry-After`; nothing of it was done.
@@ -56,7 +56,8 @@ from wallet.core.bulk import Deferrable, commit_in_pipeline, pipelined_atomic
 from wallet.core.context import request_id_var
 from wallet.core.errors import PROBLEM_CONTENT_TYPE, ApiError, ServiceUnavailable, problem_body
 from wallet.core.jsonutil import dumps
-from wallet.idempotency.api import is_storable
+from wallet.idempotency.api import connection_lost, is_storable
+from wallet.idempotency.errors import OutcomeUnknown
 from wallet.idempotency.services import (
     Claim,
     ClaimRequest,
@@ -96,19 +97,6 @@ def idle_seconds() -> float:
 class TransferQueueTimeout(ServiceUnavailable):
     code = "transfer_queue_timeout"
     title = "The transfer could not be started in time; retry it with the same Idempotency-Key"
-
-    def __init__(self, retry_after: int = 1) -> None:
-        super().__init__(retry_after=retry_after)
-        self.headers["Retry-After"] = str(retry_after)
-
-
-class TransferOutcomeUnknown(ServiceUnavailable):
-    """The batch's database connection broke (or the database was unreachable): its transaction committed
-    or it did not, and only the key's record can tell. A retry with the same Idempotency-Key replays the
-    answer if it committed and runs the transfer if it did not, so the client is told to do exactly that."""
-
-    code = "transfer_outcome_unknown"
-    title = "The database connection failed while the transfer ran; retry it with the same Idempotency-Key"
 
     def __init__(self, retry_after: int = 1) -> None:
         super().__init__(retry_after=retry_after)
@@ -435,7 +423,7 @@ class GroupCommitter:
                     # A connection that broke (or a database that is down) fails every job alike: no retries.
                     # (A deadlock or a lock timeout is an OperationalError too, on a live connection: retried.)
                     logger.exception("transfer batch of %d: the database connection failed", len(batch))
-                    outcomes = [Outcome(error=TransferOutcomeUnknown())] * len(batch)
+                    outcomes = [Outcome(error=OutcomeUnknown())] * len(batch)
                 elif len(batch) == 1:
                     raise
                 else:
@@ -449,7 +437,7 @@ class GroupCommitter:
                         except Exception as exc:
                             if _lost(exc):
                                 logger.exception("a transfer alone: the database connection failed")
-                                outcomes.append(Outcome(error=TransferOutcomeUnknown()))
+                                outcomes.append(Outcome(error=OutcomeUnknown()))
                             else:
                                 outcomes.append(Outcome(error=exc))
         except BaseException as exc:
@@ -473,8 +461,7 @@ def _lost(exc: BaseException) -> bool:
 
 def _connection_lost() -> bool:
     """Whether this thread's database connection is closed or broke (psycopg's view; no round trip)."""
-    raw = connection.connection
-    return raw is None or bool(getattr(raw, "closed", False)) or bool(getattr(raw, "broken", False))
+    return connection_lost(connection.alias)
 
 
 _committers: dict[Any, GroupCommitter] = {}
