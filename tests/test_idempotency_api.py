@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connection
 from django.http import HttpResponse
@@ -269,7 +270,8 @@ def test_a_lost_database_connection_is_503_outcome_unknown_and_the_retry_runs_on
         raise OperationalError("server closed the connection unexpectedly" if lost else "deadlock detected")
 
     idempotency_views.EFFECT_HOOK = broken
-    monkeypatch.setattr(api, "connection_lost", lambda using: lost)
+    real_connection_lost = api.connection_lost
+    monkeypatch.setattr(api, "connection_lost", lambda used: lost)
     if lost:
         response = post(app_a)
         assert (response.status_code, response["Retry-After"]) == (503, "1")
@@ -279,7 +281,35 @@ def test_a_lost_database_connection_is_503_outcome_unknown_and_the_retry_runs_on
             post(app_a)
     assert effect_count() == 0 and records() == 0
     idempotency_views.EFFECT_HOOK = None
-    monkeypatch.undo()
+    monkeypatch.setattr(api, "connection_lost", real_connection_lost)
+    retry = post(app_a)
+    assert retry.status_code == 201 and "Idempotent-Replayed" not in retry
+    assert effect_count() == 1
+
+
+@pytest.mark.skipif("postgresql" not in settings.DATABASES["default"]["ENGINE"], reason="PostgreSQL only")
+@pytest.mark.django_db(transaction=True)
+def test_a_database_connection_killed_mid_request_is_503_outcome_unknown(app_a: AppClient) -> None:
+    """No stub: the request's PostgreSQL backend is terminated while the view runs. Django closes the broken
+    connection and opens another as its atomic block ends; the answer is still 503 `outcome_unknown`, and the
+    retry with the same key runs the effect once (nothing had committed)."""
+    from django.db import connection, connections
+
+    def kill_my_backend() -> None:
+        pid = connection.connection.info.backend_pid
+        other = connections.create_connection("default")
+        try:
+            with other.cursor() as cursor:
+                cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
+        finally:
+            other.close()
+
+    idempotency_views.EFFECT_HOOK = kill_my_backend
+    response = post(app_a)
+    assert (response.status_code, response["Retry-After"]) == (503, "1")
+    assert response.json()["code"] == "outcome_unknown"
+    idempotency_views.EFFECT_HOOK = None
+    assert effect_count() == 0 and records() == 0
     retry = post(app_a)
     assert retry.status_code == 201 and "Idempotent-Replayed" not in retry
     assert effect_count() == 1

@@ -248,7 +248,7 @@ def test_a_connection_lost_in_a_batch_answers_503_and_a_retry_with_the_key_tells
         monkeypatch.setattr(groupcommit, "commit_in_pipeline", commit_then_lose_the_answer)
     else:
         monkeypatch.setattr(groupcommit, "execute_batch", lose_the_connection_first)
-    monkeypatch.setattr(groupcommit, "_connection_lost", lambda: broken["on"])
+    monkeypatch.setattr(groupcommit, "_connection_lost", lambda used: broken["on"])
     client = signed_in_clients(tenant_a, payers[0], 1)[0]
     response = _post(client, "lost")
     assert response.status_code == 503 and response["Retry-After"] == "1"
@@ -259,6 +259,43 @@ def test_a_connection_lost_in_a_batch_answers_503_and_a_retry_with_the_key_tells
     assert retry.status_code == 201
     assert retry.get("Idempotent-Replayed") == ("true" if committed else None)
     assert Transfer.all_tenants.filter(memo="lost").count() == 1
+    assert balance(payers[0])[0] == 10_000 - 100
+    assert ledger_verify(tenant=tenant_a).ok
+
+
+@on_postgresql
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.timeout(90)
+def test_a_committer_whose_backend_is_killed_answers_503_and_the_retry_runs_once(
+        tenant_a: Tenant, payers: list[User], monkeypatch: pytest.MonkeyPatch) -> None:
+    """No stub: the committer's PostgreSQL backend is terminated in the middle of a batch. Django replaces the
+    broken connection as the batch's block ends; the batch still answers 503 `outcome_unknown`, and the
+    retry with the same key runs the transfer once."""
+    from django.db import connection
+
+    real = groupcommit.transfers_execute
+    killed: list[int] = []
+
+    def killing_once(*, tenant: Tenant, requests: list[Any], **kwargs: Any) -> list[Any]:
+        if not killed:
+            pid = connection.connection.info.backend_pid
+            other = connections.create_connection("default")
+            try:
+                with other.cursor() as cursor:
+                    cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
+            finally:
+                other.close()
+            killed.append(pid)
+        return real(tenant=tenant, requests=requests, **kwargs)
+
+    monkeypatch.setattr(groupcommit, "transfers_execute", killing_once)
+    client = signed_in_clients(tenant_a, payers[0], 1)[0]
+    response = _post(client, "killed")
+    assert killed and response.status_code == 503 and response.json()["code"] == "outcome_unknown"
+    assert Transfer.all_tenants.filter(memo="killed").count() == 0
+    retry = _post(client, "killed")
+    assert retry.status_code == 201 and not retry.get("Idempotent-Replayed")
+    assert Transfer.all_tenants.filter(memo="killed").count() == 1
     assert balance(payers[0])[0] == 10_000 - 100
     assert ledger_verify(tenant=tenant_a).ok
 
@@ -445,7 +482,7 @@ def test_a_batch_that_fails_with_an_operational_error_is_retried_alone_unless_th
         return [groupcommit.Outcome(status=201)] * len(jobs)
 
     monkeypatch.setattr(groupcommit, "execute_batch", failing_once)
-    monkeypatch.setattr(groupcommit, "_connection_lost", lambda: lost)
+    monkeypatch.setattr(groupcommit, "_connection_lost", lambda used: lost)
     batch = [_job("a"), _job("b")]
     groupcommit.GroupCommitter()._run(Tenant(pk=uuid.uuid4()), batch)
     if lost:

@@ -138,10 +138,10 @@ def _render(view: APIView, request: Request, response: HttpResponseBase) -> None
         response.render()
 
 
-def connection_lost(using: str) -> bool:
-    """Whether the database connection `using` of this thread is closed or broke (psycopg's view; no round
-    trip)."""
-    raw = connections[using].connection
+def connection_lost(raw: Any) -> bool:
+    """Whether `raw`, a driver connection (`connections[alias].connection`, taken while the work ran), is
+    missing, closed or broke (psycopg's view; no round trip). Ask about the connection the work used: after
+    a failure, Django's outermost atomic block closes it and, leaving, opens a new one."""
     return raw is None or bool(getattr(raw, "closed", False)) or bool(getattr(raw, "broken", False))
 
 
@@ -184,15 +184,19 @@ def request_key_and_fingerprint(request: Request) -> tuple[str, str]:
 
 
 @contextlib.contextmanager
-def _outcome_unknown_if_connection_lost(using: str) -> Iterator[None]:
-    """A database connection that broke (or a database that cannot be reached) while the request ran is 503
-    `outcome_unknown`: the transaction may have committed (a COMMIT whose answer was lost) or not, and a
-    retry with the same key tells which. A deadlock or a lock timeout, on a live connection, stays as it
-    was."""
+def _atomic_or_outcome_unknown(using: str) -> Iterator[None]:
+    """`transaction.atomic(using=using)`, where a database connection that broke (or a database that cannot
+    be reached) while the block ran or committed is 503 `outcome_unknown`: the transaction may have
+    committed (a COMMIT whose answer was lost) or not, and a retry with the same key tells which. A deadlock
+    or a lock timeout, on a live connection, stays as it was. The connection checked is the one the block
+    used, taken inside it: Django replaces a broken one as the block ends."""
+    used: Any = None
     try:
-        yield
+        with transaction.atomic(using=using):
+            used = connections[using].connection
+            yield
     except (InterfaceError, OperationalError) as exc:
-        if not connection_lost(using):
+        if not connection_lost(used):
             raise
         logger.warning("the database connection failed during an idempotent request", exc_info=True)
         raise OutcomeUnknown() from exc
@@ -227,7 +231,7 @@ def idempotent(view_method: ViewMethod) -> ViewMethod:
                 return replay_response(stored)
             using = idempotency_database_alias()
             try:
-                with _outcome_unknown_if_connection_lost(using), transaction.atomic(using=using):
+                with _atomic_or_outcome_unknown(using):
                     claim = idempotency_claim(**scope, fingerprint=fingerprint, method=request.method,
                                               path=request.path)
                     if claim.stored is not None:

@@ -207,6 +207,7 @@ def execute_batch(tenant: Tenant, jobs: list[TransferJob]) -> list[Outcome]:
     outcomes: list[Outcome | None] = [None] * len(jobs)
     pipelined = len(jobs) <= PIPELINE_MAX_JOBS
     with pipelined_atomic(connection) if pipelined else transaction.atomic():
+        _used.raw = connection.connection  # for `_lost`: Django replaces a broken connection as the block ends
         claiming = idempotency_claims_send(tenant=tenant, requests=[job.claim for job in jobs])
         # Sent before the claims are read, for every job (a replay's parties are read for nothing): one round trip.
         parties = _parties_send(tenant, jobs)
@@ -417,9 +418,10 @@ class GroupCommitter:
             try:
                 if own_connection:
                     connection.close_if_unusable_or_obsolete()
+                _used.raw = None
                 outcomes = execute_batch(tenant, batch)
             except Exception as exc:
-                if _lost(exc):
+                if _lost(exc, _used.raw):
                     # A connection that broke (or a database that is down) fails every job alike: no retries.
                     # (A deadlock or a lock timeout is an OperationalError too, on a live connection: retried.)
                     logger.exception("transfer batch of %d: the database connection failed", len(batch))
@@ -433,9 +435,10 @@ class GroupCommitter:
                         try:
                             if own_connection:
                                 connection.close_if_unusable_or_obsolete()
+                            _used.raw = None
                             outcomes.extend(execute_batch(tenant, [job]))
                         except Exception as exc:
-                            if _lost(exc):
+                            if _lost(exc, _used.raw):
                                 logger.exception("a transfer alone: the database connection failed")
                                 outcomes.append(Outcome(error=OutcomeUnknown()))
                             else:
@@ -454,14 +457,19 @@ class GroupCommitter:
             job.event.set()
 
 
-def _lost(exc: BaseException) -> bool:
-    """Whether `exc` comes from a database connection that broke or could not be opened."""
-    return isinstance(exc, InterfaceError | OperationalError) and _connection_lost()
+# The driver connection the current batch of this thread ran on (set by `execute_batch` inside its block).
+_used = threading.local()
 
 
-def _connection_lost() -> bool:
-    """Whether this thread's database connection is closed or broke (psycopg's view; no round trip)."""
-    return connection_lost(connection.alias)
+def _lost(exc: BaseException, used: Any) -> bool:
+    """Whether `exc` comes from a database connection that broke or could not be opened; `used` is the
+    driver connection the batch ran on (None: the batch never had one)."""
+    return isinstance(exc, InterfaceError | OperationalError) and _connection_lost(used)
+
+
+def _connection_lost(used: Any) -> bool:
+    """Whether the driver connection `used` is missing, closed or broke (psycopg's view; no round trip)."""
+    return connection_lost(used)
 
 
 _committers: dict[Any, GroupCommitter] = {}
