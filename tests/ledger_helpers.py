@@ -33,3 +33,18 @@ def balance(user: User, code: str = "USD") -> tuple[int, int, int]:
     """(posted, held, available) of the user's account."""
     row = account(user, code)
     return row.posted, row.held, row.available
+
+
+def terminate_own_backend() -> int:
+    """End this thread's PostgreSQL backend from another connection, as a crash or a network cut would (the
+    next statement on this connection fails with OperationalError); return the backend's pid."""
+    from django.db import connection, connections
+
+    pid = connection.connection.info.backend_pid
+    other = connections.create_connection("default")
+    try:
+        with other.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
+    finally:
+        other.close()
+    return pid

@@ -293,18 +293,9 @@ def test_a_database_connection_killed_mid_request_is_503_outcome_unknown(app_a: 
     """No stub: the request's PostgreSQL backend is terminated while the view runs. Django closes the broken
     connection and opens another as its atomic block ends; the answer is still 503 `outcome_unknown`, and the
     retry with the same key runs the effect once (nothing had committed)."""
-    from django.db import connection, connections
+    from tests.ledger_helpers import terminate_own_backend
 
-    def kill_my_backend() -> None:
-        pid = connection.connection.info.backend_pid
-        other = connections.create_connection("default")
-        try:
-            with other.cursor() as cursor:
-                cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
-        finally:
-            other.close()
-
-    idempotency_views.EFFECT_HOOK = kill_my_backend
+    idempotency_views.EFFECT_HOOK = terminate_own_backend
     response = post(app_a)
     assert (response.status_code, response["Retry-After"]) == (503, "1")
     assert response.json()["code"] == "outcome_unknown"

@@ -20,7 +20,7 @@ from django.db import connections
 from tenants.models import Tenant, User
 from tests.conftest import AppClient
 from tests.factories import UserFactory
-from tests.ledger_helpers import balance, enable, fund
+from tests.ledger_helpers import balance, enable, fund, terminate_own_backend
 from tests.test_idempotency_concurrency import signed_in_clients
 from wallet.ledger import groupcommit
 from wallet.ledger.api.serializers import TransferOutputSerializer
@@ -271,21 +271,12 @@ def test_a_committer_whose_backend_is_killed_answers_503_and_the_retry_runs_once
     """No stub: the committer's PostgreSQL backend is terminated in the middle of a batch. Django replaces the
     broken connection as the batch's block ends; the batch still answers 503 `outcome_unknown`, and the
     retry with the same key runs the transfer once."""
-    from django.db import connection
-
     real = groupcommit.transfers_execute
     killed: list[int] = []
 
     def killing_once(*, tenant: Tenant, requests: list[Any], **kwargs: Any) -> list[Any]:
         if not killed:
-            pid = connection.connection.info.backend_pid
-            other = connections.create_connection("default")
-            try:
-                with other.cursor() as cursor:
-                    cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
-            finally:
-                other.close()
-            killed.append(pid)
+            killed.append(terminate_own_backend())
         return real(tenant=tenant, requests=requests, **kwargs)
 
     monkeypatch.setattr(groupcommit, "transfers_execute", killing_once)
