@@ -10,3 +10,7 @@ from wallet.core.runtime import process_tune, whole_responses
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "wallet.settings.development")
 application = whole_responses(get_wsgi_application())  # one call into Python per request: wallet/core/runtime.py
 process_tune()  # a frozen start-up heap, rarer collections, a 0.5 ms GIL switch interval: wallet/core/runtime.py
+
+from wallet.ledger.committer_process import prestart  # noqa: E402 (needs the apps)
+
+prestart()  # the transfer committer process starts with the server, not with its first transfer

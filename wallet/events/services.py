@@ -195,13 +195,18 @@ def _tell_commit_listeners() -> None:
     by_tenant: dict[Any, list[str]] = {}
     for tenant_id, stream in pending:
         by_tenant.setdefault(tenant_id, []).append(stream)
+    for tenant_id, streams in by_tenant.items():
+        commit_listeners_tell(tenant_id, tuple(streams))
+
+
+def commit_listeners_tell(tenant_id: Any, streams: tuple[str, ...]) -> None:
+    """Tell this process's commit listeners that `streams` of the tenant got events in a commit (called after
+    each commit here, and by wallet/ledger/committer_process.py for the commits of its committer process)."""
     for listener in list(_commit_listeners):
-        for tenant_id, streams in by_tenant.items():
-            try:
-                listener(tenant_id, tuple(streams))
-            except Exception:
-                logger.exception("commit listener failed",
-                                 extra={"listener": getattr(listener, "__name__", "?")})
+        try:
+            listener(tenant_id, streams)
+        except Exception:
+            logger.exception("commit listener failed", extra={"listener": getattr(listener, "__name__", "?")})
 
 
 def _encode(data: dict[str, Any]) -> str:

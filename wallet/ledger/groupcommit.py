@@ -40,7 +40,7 @@ import logging
 import os
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -142,6 +142,7 @@ class TransferJob:
     request_id: str | None = None
     outcome: Outcome | None = None
     tenant: Tenant | None = None  # set when queued for the committer thread
+    ticket: int = 0  # its number with the committer process, when one runs it (wallet/ledger/committer_process.py)
     event: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -311,15 +312,7 @@ class GroupCommitter:
         committed."""
         if connection.in_atomic_block:
             return self._alone(tenant, job)
-        job.tenant = tenant
-        with self._cond:
-            if self._stopping:
-                raise RuntimeError("the transfer committer is stopping")
-            queued = self._thread is not None or self._start()
-            if queued:
-                self._queue.append(job)
-                self._cond.notify()
-        if not queued:  # no committer thread to be had (see `_start`): this one runs alone, here
+        if not self.enqueue(tenant, job):  # no committer thread to be had (see `_start`): this one runs alone, here
             return self._alone(tenant, job)
         if not job.event.wait(wait_seconds()):
             with self._cond:
@@ -331,6 +324,23 @@ class GroupCommitter:
             job.event.wait()  # it is in a running batch: that ends
         assert job.outcome is not None
         return job.outcome
+
+    def enqueue(self, tenant: Tenant, job: TransferJob) -> bool:
+        """Queue `job` for the committer thread (started if needed) without waiting; False when no thread can
+        take it (the caller then runs it alone: `run_alone`). Its outcome is delivered by `_deliver`."""
+        job.tenant = tenant
+        with self._cond:
+            if self._stopping:
+                raise RuntimeError("the transfer committer is stopping")
+            queued = self._thread is not None or self._start()
+            if queued:
+                self._queue.append(job)
+                self._cond.notify()
+        return queued
+
+    def run_alone(self, tenant: Tenant, job: TransferJob) -> None:
+        """Run `job` in the caller's thread, in a transaction of its own, and deliver its outcome."""
+        self._run(tenant, [job])
 
     def stop(self, timeout: float | None = None) -> None:
         """Commit what is queued, then end the committer thread (`committers_stop`: the tests)."""
@@ -450,8 +460,7 @@ class GroupCommitter:
                 raise
         self._deliver(batch, outcomes)
 
-    @staticmethod
-    def _deliver(batch: list[TransferJob], outcomes: list[Outcome]) -> None:
+    def _deliver(self, batch: list[TransferJob], outcomes: list[Outcome]) -> None:
         for job, outcome in zip(batch, outcomes, strict=True):
             job.outcome = outcome
             job.event.set()
@@ -498,16 +507,26 @@ def _forget_committers() -> None:
 os.register_at_fork(after_in_child=_forget_committers)
 
 
+# What `committer_for` makes: the committer process sets its own kind, which answers over its socket.
+committer_factory: Callable[[], GroupCommitter] = lambda: GroupCommitter()  # noqa: E731
+
+
 def committer_for(tenant: Tenant) -> GroupCommitter:
     committer = _committers.get(tenant.pk)
     if committer is None:
         with _committers_lock:
-            committer = _committers.setdefault(tenant.pk, GroupCommitter())
+            committer = _committers.get(tenant.pk)
+            if committer is None:
+                committer = _committers[tenant.pk] = committer_factory()
     return committer
 
 
 def committers_stop(timeout: float | None = 10.0) -> None:
-    """Stop every committer of this process after it commits what is queued (the tests, after each one)."""
+    """Stop every committer of this process after it commits what is queued, and this process's committer
+    process (the tests, after each one)."""
+    from wallet.ledger import committer_process
+
+    committer_process.host_stop(timeout)
     with _committers_lock:
         committers = list(_committers.values())
         _committers.clear()
@@ -516,5 +535,12 @@ def committers_stop(timeout: float | None = 10.0) -> None:
 
 
 def transfer_submit(*, tenant: Tenant, job: TransferJob) -> Outcome:
-    """Run `job` in the next batch of its tenant (see the module docstring)."""
+    """Run `job` in the next batch of its tenant (see the module docstring): in the committer process when
+    LEDGER_GROUP_COMMIT_PROCESS is on (wallet/ledger/committer_process.py), else in a thread of this one."""
+    from wallet.ledger import committer_process
+
+    if committer_process.enabled() and not connection.in_atomic_block:
+        outcome = committer_process.submit(tenant, job)
+        if outcome is not None:
+            return outcome
     return committer_for(tenant).submit(tenant, job)

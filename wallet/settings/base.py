@@ -197,6 +197,9 @@ LEDGER_GROUP_COMMIT_IDLE_SECONDS = float(os.environ.get("LEDGER_GROUP_COMMIT_IDL
 # At most this many committer threads (and their database connections) per process; a tenant's transfer that
 # finds none free runs alone in its request thread.
 LEDGER_GROUP_COMMIT_MAX_COMMITTERS = int(os.environ.get("LEDGER_GROUP_COMMIT_MAX_COMMITTERS", "8"))
+# Run each web server process's transfer committers in a process of their own, so that they do not share
+# a GIL with the request threads (wallet/ledger/committer_process.py). On in production.
+LEDGER_GROUP_COMMIT_PROCESS = env_bool("LEDGER_GROUP_COMMIT_PROCESS", default=False)
 # Batches of at least this many transfers queue on their tenant's writer lock (PostgreSQL advisory lock)
 # before they lock accounts: large batches almost always share accounts, and one at a time is faster
 # than a convoy of half-locked batches (0 disables it). See wallet/ledger/engine.py, tenant_writer_lock.

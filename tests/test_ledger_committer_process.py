@@ -1,0 +1,232 @@
+"""The transfer committer in a process of its own (wallet/ledger/committer_process.py): a real child process,
+started by the first transfer, committing to the test database."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.db import connections
+
+from tenants.models import Tenant, User
+from tests.conftest import AppClient
+from tests.factories import UserFactory
+from tests.ledger_helpers import balance, enable, fund
+from tests.test_idempotency_concurrency import signed_in_clients
+from wallet.core.errors import ApiError, error_class
+from wallet.events import services as event_services
+from wallet.events.streams import user_stream
+from wallet.ledger import committer_process, groupcommit
+from wallet.ledger.models import Transfer
+from wallet.ledger.verify import ledger_verify
+
+pytestmark = [
+    pytest.mark.skipif("postgresql" not in settings.DATABASES["default"]["ENGINE"],
+                       reason="PostgreSQL only: the committer process needs a database another process can use"),
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.timeout(120),
+]
+
+
+@pytest.fixture(autouse=True)
+def process_mode(settings: Any) -> Iterator[None]:
+    settings.LEDGER_GROUP_COMMIT_PROCESS = True
+    settings.OUTBOX_RELAY_IN_PROCESS = False
+    yield
+    groupcommit.committers_stop()
+
+
+@pytest.fixture
+def payers(tenant_a: Tenant) -> list[User]:
+    enable(tenant_a, "USD")
+    users = [UserFactory(tenant=tenant_a, email=f"payer{i}@example.com") for i in range(8)]
+    UserFactory(tenant=tenant_a, email="bob@example.com")
+    for user in users:
+        fund(user, 10_000)
+    return users
+
+
+def _post(client: AppClient, key: str, amount: str = "100", memo: str | None = None) -> Any:
+    body = json.dumps({"recipient": "bob@example.com", "asset": "USD", "amount": amount, "memo": memo or key})
+    return client.post("/api/v1/transfers", data=body, content_type="application/json", HTTP_IDEMPOTENCY_KEY=key)
+
+
+def _host() -> Any:
+    host = committer_process._host
+    assert host is not None, "no committer process runs"
+    return host
+
+
+def _in_thread(call: Any) -> tuple[threading.Thread, list[Any]]:
+    answers: list[Any] = []
+
+    def run() -> None:
+        try:
+            answers.append(call())
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, answers
+
+
+def _wait_for(condition: Any, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_transfers_commit_in_the_committer_process_and_each_lands_once(tenant_a: Tenant,
+                                                                       payers: list[User]) -> None:
+    assert committer_process.enabled()
+    clients = [signed_in_clients(tenant_a, payer, 1)[0] for payer in payers]
+    barrier = threading.Barrier(len(clients))
+    answers: list[Any] = [None] * len(clients)
+
+    def post(index: int) -> None:
+        try:
+            barrier.wait(timeout=10)
+            answers[index] = _post(clients[index], f"p{index}")
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=post, args=(i,)) for i in range(len(clients))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert [a.status_code for a in answers] == [201] * len(payers)
+    host = _host()
+    assert host.proc.poll() is None and host.proc.pid != os.getpid()
+    assert {a.json()["id"] for a in answers} == {
+        str(pk) for pk in Transfer.all_tenants.filter(memo__startswith="p").values_list("id", flat=True)}
+    for payer in payers:
+        assert balance(payer)[0] == 10_000 - 100
+    # Replays and refusals come back as the group commit gives them.
+    again = _post(clients[0], "p0")
+    assert (again.status_code, again.content, again["Idempotent-Replayed"]) == (201, answers[0].content, "true")
+    short = _post(clients[1], "too-much", amount="999999")
+    assert short.status_code == 409 and short.json()["code"] == "insufficient_funds"
+    assert short.json()["available"] == str(10_000 - 100)
+    assert ledger_verify(tenant=tenant_a).ok
+
+
+def test_an_error_raised_in_the_committer_process_reaches_the_client_as_its_problem(
+        tenant_a: Tenant, payers: list[User]) -> None:
+    """A key reused with another body is refused in the committer process (an error, not a stored answer):
+    its class travels back even though it is not importable by its name."""
+    client = signed_in_clients(tenant_a, payers[0], 1)[0]
+    assert _post(client, "k", amount="100").status_code == 201
+    reused = _post(client, "k", amount="200")
+    assert reused.status_code == 422 and reused.json()["code"] == "idempotency_key_reused"
+
+
+def test_this_process_hears_of_the_commits_before_the_answer(tenant_a: Tenant, payers: list[User]) -> None:
+    """The commit listeners of the web server process (the balances app's stream heads) are told of the
+    committer process's commits before the waiting request is answered: a balance read after the answer
+    sees the transfer."""
+    heard: list[tuple[Any, tuple[str, ...]]] = []
+
+    def listener(tenant_id: Any, streams: tuple[str, ...]) -> None:
+        heard.append((tenant_id, streams))
+
+    event_services.register_commit_listener(listener)
+    try:
+        client = signed_in_clients(tenant_a, payers[0], 1)[0]
+        heard.clear()  # the sign-in and the funding committed here
+        assert _post(client, "told").status_code == 201
+        assert any(tenant_id == tenant_a.pk and user_stream(payers[0].pk) in streams
+                   for tenant_id, streams in heard), heard
+    finally:
+        event_services._commit_listeners.remove(listener)
+
+
+def test_a_committer_process_that_dies_answers_503_and_the_next_transfer_starts_another(
+        tenant_a: Tenant, payers: list[User]) -> None:
+    client = signed_in_clients(tenant_a, payers[0], 1)[0]
+    assert _post(client, "first").status_code == 201
+    host = _host()
+    os.kill(host.proc.pid, signal.SIGSTOP)  # it takes the next job, but does not run it
+    thread, answers = _in_thread(lambda: _post(client, "lost"))
+    _wait_for(lambda: host.pending)
+    os.kill(host.proc.pid, signal.SIGKILL)
+    thread.join(30)
+    assert answers[0].status_code == 503 and answers[0].json()["code"] == "outcome_unknown"
+    assert answers[0]["Retry-After"] == "1"
+    # The retry with the same key runs it, in a new committer process.
+    retry = _post(client, "lost")
+    assert retry.status_code == 201 and not retry.get("Idempotent-Replayed")
+    assert _host() is not host and host.proc.returncode == -signal.SIGKILL
+    assert Transfer.all_tenants.filter(memo="lost").count() == 1
+    assert balance(payers[0])[0] == 10_000 - 200
+    assert ledger_verify(tenant=tenant_a).ok
+
+
+def test_a_request_the_committer_process_does_not_answer_in_time_answers_503_and_the_retry_replays(
+        tenant_a: Tenant, payers: list[User], settings: Any) -> None:
+    client = signed_in_clients(tenant_a, payers[0], 1)[0]
+    assert _post(client, "first").status_code == 201  # the committer process has started
+    host = _host()
+    settings.LEDGER_GROUP_COMMIT_WAIT_SECONDS = 1
+    os.kill(host.proc.pid, signal.SIGSTOP)
+    try:
+        slow = _post(client, "slow")
+    finally:
+        os.kill(host.proc.pid, signal.SIGCONT)
+    assert slow.status_code == 503 and slow.json()["code"] == "outcome_unknown"
+    # It was sent: the committer process runs it once it can; a retry replays that (or waits for it).
+    settings.LEDGER_GROUP_COMMIT_WAIT_SECONDS = 30
+    _wait_for(lambda: Transfer.all_tenants.filter(memo="slow").exists())
+    retry = _post(client, "slow")
+    assert retry.status_code == 201 and retry["Idempotent-Replayed"] == "true"
+    assert Transfer.all_tenants.filter(memo="slow").count() == 1
+    assert _host() is host  # the late answer was dropped; the process goes on
+
+
+def test_committers_stop_ends_the_committer_process_after_it_answers(tenant_a: Tenant,
+                                                                      payers: list[User]) -> None:
+    client = signed_in_clients(tenant_a, payers[0], 1)[0]
+    assert _post(client, "one").status_code == 201
+    host = _host()
+    groupcommit.committers_stop()
+    assert host.proc.wait(10) == 0
+    assert committer_process._host is None
+
+
+def test_a_transfer_inside_a_transaction_and_one_without_a_process_run_here(
+        tenant_a: Tenant, payers: list[User], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(committer_process, "_start", lambda: None)
+    client = signed_in_clients(tenant_a, payers[0], 1)[0]
+    assert _post(client, "here").status_code == 201
+    assert committer_process._host is None
+
+
+@pytest.mark.django_db(transaction=False)
+def test_the_setting_is_ignored_while_the_relay_runs_in_process(settings: Any) -> None:
+    settings.OUTBOX_RELAY_IN_PROCESS = True
+    assert not committer_process.enabled()
+
+
+@pytest.mark.django_db(transaction=False)
+def test_errors_that_pickle_cannot_name_are_sent_as_what_renders_them() -> None:
+    Made = error_class("made_up_refusal", 409, "Made up")
+    error = Made("detail text", available="5")
+    error.headers["Retry-After"] = "3"
+    decoded = committer_process._decode(committer_process._encode(groupcommit.Outcome(error=error))).error
+    assert isinstance(decoded, ApiError)
+    assert (decoded.code, decoded.status, decoded.title, decoded.detail, decoded.extra, decoded.headers) == (
+        "made_up_refusal", 409, "Made up", "detail text", {"available": "5"}, {"Retry-After": "3"})
+    other = committer_process._decode(committer_process._encode(groupcommit.Outcome(error=ValueError("x"))))
+    assert isinstance(other.error, ValueError)  # importable: sent as it is
+    local = type("Local", (Exception,), {})
+    failed = committer_process._decode(committer_process._encode(groupcommit.Outcome(error=local("boom"))))
+    assert isinstance(failed.error, RuntimeError) and "boom" in str(failed.error)
