@@ -102,8 +102,8 @@ class _Host:
     def __init__(self, conn: Connection, proc: subprocess.Popen[bytes]) -> None:
         self.conn = conn
         self.proc = proc
-        self.pending: dict[int, TransferJob] = {}
-        self.closed = False
+        self.pending: dict[int, TransferJob] = {}  # sent, not answered (guarded by `_lock`)
+        self.sending = threading.Lock()  # one message at a time; not `_lock`, which the reader needs meanwhile
         self.reader = threading.Thread(target=self._read, name="transfer-committer-reader", daemon=True)
 
     def _read(self) -> None:
@@ -130,7 +130,6 @@ class _Host:
         with _lock:
             if _host is self:
                 _host = None
-            self.closed = True
             left, self.pending = list(self.pending.values()), {}
         if left:
             logger.error("the transfer committer process ended with %d transfers unanswered", len(left))
@@ -169,7 +168,8 @@ def _start() -> _Host | None:
 
     ours, theirs = socket.socketpair()
     try:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(settings.BASE_DIR), os.environ.get("PYTHONPATH", "")])}
+        paths = [str(settings.BASE_DIR), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
         env.setdefault("DJANGO_SETTINGS_MODULE", settings.SETTINGS_MODULE)
         proc = subprocess.Popen(  # noqa: S603 (our own module, with this interpreter)
             [sys.executable, "-c", _MAIN, str(theirs.fileno())],
@@ -214,13 +214,15 @@ def submit(tenant: Tenant, job: TransferJob) -> Outcome | None:
             if host is None:
                 return None
         host.pending[ticket] = job
-        try:
+    try:
+        with host.sending:
             host.conn.send_bytes(payload)
-        except OSError:
-            # The committer process is gone (its reader answers what it had); this one may have reached it.
-            logger.exception("sending a transfer to the committer process failed")
+    except OSError:
+        # The committer process is gone (its reader answers what it had); this job may have reached it.
+        logger.exception("sending a transfer to the committer process failed")
+        with _lock:
             host.pending.pop(ticket, None)
-            return Outcome(error=OutcomeUnknown())
+        return Outcome(error=OutcomeUnknown())
     if not job.event.wait(wait_seconds()):
         with _lock:
             gave_up = host.pending.pop(ticket, None) is not None
