@@ -8,12 +8,12 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from django.conf import settings
-from django.db import connections
+from django.db import connections, transaction
 
 from tenants.models import Tenant, User
 from tests.conftest import AppClient
@@ -64,7 +64,7 @@ def _host() -> Any:
     return host
 
 
-def _in_thread(call: Any) -> tuple[threading.Thread, list[Any]]:
+def _in_thread(call: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
     answers: list[Any] = []
 
     def run() -> None:
@@ -78,7 +78,7 @@ def _in_thread(call: Any) -> tuple[threading.Thread, list[Any]]:
     return thread, answers
 
 
-def _wait_for(condition: Any, seconds: float = 30) -> None:
+def _wait_for(condition: Callable[[], Any], seconds: float = 30) -> None:
     deadline = time.monotonic() + seconds
     while not condition():
         assert time.monotonic() < deadline, "timed out"
@@ -106,7 +106,10 @@ def test_transfers_commit_in_the_committer_process_and_each_lands_once(tenant_a:
         thread.join(60)
     assert [a.status_code for a in answers] == [201] * len(payers)
     host = _host()
-    assert host.proc.poll() is None and host.proc.pid != os.getpid()
+    assert host.proc.poll() is None and host.ready
+    with open(f"/proc/{host.proc.pid}/cmdline", "rb") as cmdline:
+        assert b"wallet.ledger.committer_process import serve" in cmdline.read()
+    assert Transfer.all_tenants.filter(memo__startswith="p").count() == len(payers)
     assert {a.json()["id"] for a in answers} == {
         str(pk) for pk in Transfer.all_tenants.filter(memo__startswith="p").values_list("id", flat=True)}
     for payer in payers:
@@ -134,18 +137,20 @@ def test_this_process_hears_of_the_commits_before_the_answer(tenant_a: Tenant, p
     """The commit listeners of the web server process (the balances app's stream heads) are told of the
     committer process's commits before the waiting request is answered: a balance read after the answer
     sees the transfer."""
-    heard: list[tuple[Any, tuple[str, ...]]] = []
+    heard: list[tuple[Any, tuple[str, ...], int]] = []
 
     def listener(tenant_id: Any, streams: tuple[str, ...]) -> None:
-        heard.append((tenant_id, streams))
+        # Told in this process, by the reader thread, while the job still waits for its answer.
+        host = committer_process._host
+        heard.append((tenant_id, streams, len(host.pending) if host is not None else 0))
 
     event_services.register_commit_listener(listener)
     try:
         client = signed_in_clients(tenant_a, payers[0], 1)[0]
         heard.clear()  # the sign-in and the funding committed here
         assert _post(client, "told").status_code == 201
-        assert any(tenant_id == tenant_a.pk and user_stream(payers[0].pk) in streams
-                   for tenant_id, streams in heard), heard
+        assert any(tenant_id == tenant_a.pk and user_stream(payers[0].pk) in streams and waiting == 1
+                   for tenant_id, streams, waiting in heard), heard
     finally:
         event_services._commit_listeners.remove(listener)
 
@@ -183,13 +188,16 @@ def test_a_request_the_committer_process_does_not_answer_in_time_answers_503_and
     finally:
         os.kill(host.proc.pid, signal.SIGCONT)
     assert slow.status_code == 503 and slow.json()["code"] == "outcome_unknown"
-    # It was sent: the committer process runs it once it can; a retry replays that (or waits for it).
+    assert committer_process._host is None and host.retired  # it gets no more jobs
+    # It was sent whole: the retired process runs it once it can, answers (dropped: nobody waits), and exits.
     settings.LEDGER_GROUP_COMMIT_WAIT_SECONDS = 30
-    _wait_for(lambda: Transfer.all_tenants.filter(memo="slow").exists())
-    retry = _post(client, "slow")
-    assert retry.status_code == 201 and retry["Idempotent-Replayed"] == "true"
+    assert host.proc.wait(30) == 0
     assert Transfer.all_tenants.filter(memo="slow").count() == 1
-    assert _host() is host  # the late answer was dropped; the process goes on
+    retry = _post(client, "slow")  # in a new committer process
+    assert retry.status_code == 201 and retry["Idempotent-Replayed"] == "true"
+    assert _host() is not host
+    assert Transfer.all_tenants.filter(memo="slow").count() == 1
+    assert balance(payers[0])[0] == 10_000 - 200
 
 
 def test_committers_stop_ends_the_committer_process_after_it_answers(tenant_a: Tenant,
@@ -197,17 +205,54 @@ def test_committers_stop_ends_the_committer_process_after_it_answers(tenant_a: T
     client = signed_in_clients(tenant_a, payers[0], 1)[0]
     assert _post(client, "one").status_code == 201
     host = _host()
-    groupcommit.committers_stop()
+    os.kill(host.proc.pid, signal.SIGSTOP)
+    thread, answers = _in_thread(lambda: _post(client, "in-flight"))
+    _wait_for(lambda: host.pending)
+    os.kill(host.proc.pid, signal.SIGCONT)
+    groupcommit.committers_stop()  # the job sent before it is committed and answered
+    thread.join(30)
+    assert answers[0].status_code == 201
     assert host.proc.wait(10) == 0
     assert committer_process._host is None
+    assert Transfer.all_tenants.filter(memo="in-flight").count() == 1
+
+
+def test_a_committer_process_that_cannot_start_django_leaves_transfers_to_this_process(
+        tenant_a: Tenant, payers: list[User], monkeypatch: pytest.MonkeyPatch) -> None:
+    """It exits before it is ready: the jobs sent to it were never read, so they run here; no other
+    committer process is started for START_BACKOFF_SECONDS."""
+    monkeypatch.setattr(committer_process, "_start_after", 0.0)  # restored so after the test: no back-off left
+    monkeypatch.setattr(committer_process, "_MAIN", "import sys, time; time.sleep(0.5); sys.exit(3)")
+    started: list[Any] = []
+    real_start = committer_process._start
+
+    def counting() -> Any:
+        host = real_start()
+        if host is not None:
+            started.append(host)
+        return host
+
+    monkeypatch.setattr(committer_process, "_start", counting)
+    client = signed_in_clients(tenant_a, payers[0], 1)[0]
+    first = _post(client, "no-process")
+    assert first.status_code == 201
+    assert len(started) == 1 and started[0].proc.wait(10) == 3 and not started[0].ready
+    _wait_for(lambda: committer_process._host is None)
+    assert _post(client, "still-none").status_code == 201
+    assert len(started) == 1  # backing off
+    assert Transfer.all_tenants.filter(memo__in=["no-process", "still-none"]).count() == 2
 
 
 def test_a_transfer_inside_a_transaction_and_one_without_a_process_run_here(
         tenant_a: Tenant, payers: list[User], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(committer_process, "_start", lambda: None)
     client = signed_in_clients(tenant_a, payers[0], 1)[0]
+    with transaction.atomic():
+        assert _post(client, "inside").status_code == 201
+    assert committer_process._host is None  # none was started for it
+    monkeypatch.setattr(committer_process, "_start", lambda: None)
     assert _post(client, "here").status_code == 201
     assert committer_process._host is None
+    assert Transfer.all_tenants.filter(memo__in=["inside", "here"]).count() == 2
 
 
 @pytest.mark.django_db(transaction=False)
@@ -220,11 +265,16 @@ def test_the_setting_is_ignored_while_the_relay_runs_in_process(settings: Any) -
 def test_errors_that_pickle_cannot_name_are_sent_as_what_renders_them() -> None:
     Made = error_class("made_up_refusal", 409, "Made up")
     error = Made("detail text", available="5")
+    error.extra["detail"] = "an extra named like an argument"
     error.headers["Retry-After"] = "3"
     decoded = committer_process._decode(committer_process._encode(groupcommit.Outcome(error=error))).error
     assert isinstance(decoded, ApiError)
     assert (decoded.code, decoded.status, decoded.title, decoded.detail, decoded.extra, decoded.headers) == (
-        "made_up_refusal", 409, "Made up", "detail text", {"available": "5"}, {"Retry-After": "3"})
+        "made_up_refusal", 409, "Made up", "detail text",
+        {"available": "5", "detail": "an extra named like an argument"}, {"Retry-After": "3"})
+    unpicklable = Made("x", callback=lambda: None)
+    sent = committer_process._encode(groupcommit.Outcome(error=unpicklable))
+    assert isinstance(committer_process._decode(sent).error, RuntimeError)
     other = committer_process._decode(committer_process._encode(groupcommit.Outcome(error=ValueError("x"))))
     assert isinstance(other.error, ValueError)  # importable: sent as it is
     local = type("Local", (Exception,), {})

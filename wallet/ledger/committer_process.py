@@ -1,30 +1,34 @@
-"""The transfer committer in a process of its own (LEDGER_GROUP_COMMIT_PROCESS, on in production).
+"""The transfer committer in a process of its own (LEDGER_GROUP_COMMIT_PROCESS, off by default).
 
 Why: a committer thread (wallet/ledger/groupcommit.py) shares its process's GIL with the web server's
 request threads. Each of its round trips to PostgreSQL releases the GIL, and getting it back from 32 busy
 request threads costs milliseconds: measured at the HTTP maximum, a batch took 60 ms of wall time for 15 ms
-of CPU, and a round trip whose SQL takes 1 ms took 17 ms (docs/BENCHMARKS.md, ninth session). The ledger
-head is locked for part of that, so the wait slows every other batch too. In a process of its own the
-committer's threads share the GIL only with each other.
+of CPU (docs/BENCHMARKS.md, ninth session). In a process of its own the committer's threads share the GIL
+only with each other. Why it is off: on a 2-core machine the second process spends the idle CPU those
+waits left, and the HTTP maximum did not rise (docs/BENCHMARKS.md, tenth session).
 
-How: each web server process starts one committer process when its first transfer arrives
-(`serve`, in `python -c ... FD`, with a socket pair between the two). A request thread
+How: each web server process starts one committer process when it starts (`prestart`, from
+wallet/wsgi.py) or at its first transfer: `serve`, in `python -c ...`, with two socket pairs, one for the
+jobs and one for the answers. The committer process starts Django and says it is ready. A request thread
 sends its prepared job (pickled: the claim, the viewer, the order or the refusal) and waits; the committer
 process queues it for its tenant's `GroupCommitter` there, which batches and commits exactly as in a
 thread, and sends back each batch's outcomes in one message, with the event streams its commits moved. A
 reader thread here tells this process's commit listeners first (a balance read after the answer sees the
 transfer), then wakes the waiting threads. The guarantees are those of the group commit, per job; besides:
-- if the committer process dies, or the socket breaks, every job sent to it and not answered answers 503
-  `outcome_unknown` (it may or may not have committed; a retry with the same Idempotency-Key replays or
-  runs it), and the next transfer starts a new committer process;
-- a job not answered within LEDGER_GROUP_COMMIT_WAIT_SECONDS answers 503 `outcome_unknown` too: this process
-  cannot tell whether a batch took it;
-- a transfer inside a caller's transaction, or one whose committer process cannot be started, runs here as
-  without the setting.
-The committer process ends when its socket closes (its web server process ended, however it ended), after
-committing what it received. The outbox relay must run out of process (OUTBOX_RELAY_IN_PROCESS off), since
-the committer process's commits would wake a relay thread there; with the relay in process, the setting is
-ignored.
+- a job that did not wholly reach the committer process (its send failed or took longer than
+  LEDGER_GROUP_COMMIT_WAIT_SECONDS), or that a committer process which never became ready had, was not run
+  there: it runs here, as without the setting;
+- a job sent whole whose answer is lost (the committer process died) or late (no answer within
+  LEDGER_GROUP_COMMIT_WAIT_SECONDS) answers 503 `outcome_unknown` with `Retry-After`: it may have
+  committed, and a retry with the same Idempotency-Key replays or runs it;
+- a committer process that is late or whose socket fails is retired: it reads no more jobs, commits what it
+  has, answers and exits (or is killed after RETIRE_GRACE_SECONDS), and the next transfer starts another;
+- one that exits before it is ready (Django failed to start) is not started again for START_BACKOFF_SECONDS;
+- a transfer inside a caller's transaction runs here, in it, as without the setting.
+The committer process ignores SIGINT and SIGTERM: it ends when its jobs socket closes (its web server
+process ended, however it ended), after committing and answering what it received. Its outbox relay is
+always out of process (its commits NOTIFY); the setting is ignored while this process's relay runs in
+process, since that relay would not hear the committer process's commits.
 """
 
 from __future__ import annotations
@@ -35,12 +39,13 @@ import os
 import pickle
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
+import time
 from functools import cache
-from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, BinaryIO
 
 from django.conf import settings
 
@@ -53,17 +58,37 @@ from wallet.ledger.groupcommit import GroupCommitter, Outcome, TransferJob, wait
 logger = logging.getLogger("wallet.ledger.committer_process")
 
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
+_HEADER = struct.Struct("!I")
+_READY = b"ready"
+RETIRE_GRACE_SECONDS = 30.0
+START_BACKOFF_SECONDS = 10.0
 
 
 def enabled() -> bool:
-    """Whether transfers go to a committer process (LEDGER_GROUP_COMMIT_PROCESS, and the relay out of
-    process: see the module docstring)."""
+    """Whether transfers go to a committer process (LEDGER_GROUP_COMMIT_PROCESS, and this process's relay
+    out of process: see the module docstring)."""
     from wallet.events import conf as events_conf
 
     return bool(getattr(settings, "LEDGER_GROUP_COMMIT_PROCESS", False)) and not events_conf.relay_in_process()
 
 
-# --- outcomes across the socket ------------------------------------------------------------------------------
+# --- frames and outcomes across the sockets ------------------------------------------------------------------
+def _frame(payload: bytes) -> bytes:
+    return _HEADER.pack(len(payload)) + payload
+
+
+def _read_frame(stream: BinaryIO) -> bytes:
+    """The next frame's payload; EOFError at the end of the stream, or in the middle of a frame."""
+    header = stream.read(_HEADER.size)
+    if len(header) < _HEADER.size:
+        raise EOFError
+    (size,) = _HEADER.unpack(header)
+    payload = stream.read(size)
+    if len(payload) < size:
+        raise EOFError
+    return payload
+
+
 def _encode(outcome: Outcome) -> Outcome | tuple[Any, ...]:
     """`outcome` as the committer process sends it: as it is, unless its error does not survive pickling
     (an error class made by `error_class` is not importable by its name): then what renders it."""
@@ -74,7 +99,12 @@ def _encode(outcome: Outcome) -> Outcome | tuple[Any, ...]:
         pickle.loads(pickle.dumps(error, _PROTOCOL))  # noqa: S301 (our own bytes)
     except Exception:
         if isinstance(error, ApiError):
-            return ("api", error.code, error.status, error.title, error.detail, error.extra, error.headers)
+            encoded = ("api", error.code, error.status, error.title, error.detail, error.extra, error.headers)
+            try:
+                pickle.dumps(encoded, _PROTOCOL)
+            except Exception:
+                return ("exception", f"{error.code}: {error.detail}")
+            return encoded
         return ("exception", f"{type(error).__module__}.{type(error).__qualname__}: {error}")
     return outcome
 
@@ -89,59 +119,125 @@ def _decode(encoded: Outcome | tuple[Any, ...]) -> Outcome:
         return encoded
     if encoded[0] == "api":
         _, code, status, title, detail, extra, headers = encoded
-        error = _api_error_class(code, status, title)(detail, **extra)
+        error = _api_error_class(code, status, title)(detail)
+        error.extra = dict(extra)
         error.headers.update(headers)
         return Outcome(error=error)
     return Outcome(error=RuntimeError(f"the transfer committer process failed: {encoded[1]}"))
 
 
 # --- the web server process's side ---------------------------------------------------------------------------
+# Given to the jobs a committer process never read (it ended before it was ready): they run here.
+_NOT_RUN = Outcome(status=-1)
+
+
 class _Host:
     """One committer process, seen from the web server process that started it."""
 
-    def __init__(self, conn: Connection, proc: subprocess.Popen[bytes]) -> None:
-        self.conn = conn
+    def __init__(self, jobs: socket.socket, answers: socket.socket, proc: subprocess.Popen[bytes]) -> None:
+        self.jobs = jobs  # written here, under `sending`
+        self.answers = answers
         self.proc = proc
         self.pending: dict[int, TransferJob] = {}  # sent, not answered (guarded by `_lock`)
-        self.sending = threading.Lock()  # one message at a time; not `_lock`, which the reader needs meanwhile
+        self.sending = threading.Lock()  # one frame at a time; not `_lock`, which the reader needs meanwhile
+        self.retired = False  # no more jobs go to it (guarded by `sending`)
+        self.ready = False  # it said so: from then on it may have read any job sent
         self.reader = threading.Thread(target=self._read, name="transfer-committer-reader", daemon=True)
 
+    def send(self, payload: bytes) -> bool:
+        """Send a job's frame; False if it did not wholly go (then the committer process never reads it, and
+        is retired: no later byte can complete the frame)."""
+        with self.sending:
+            if self.retired:
+                return False
+            try:
+                self.jobs.settimeout(wait_seconds())
+                self.jobs.sendall(_frame(payload))
+            except OSError:  # including a timeout: it does not read
+                logger.exception("sending a transfer to the committer process failed")
+                self._stop_sending()
+                return False
+        return True
+
+    def retire(self) -> None:
+        """No more jobs for it: it commits and answers what it has, then exits (killed if it has not within
+        RETIRE_GRACE_SECONDS)."""
+        global _host
+        with _lock:
+            if _host is self:
+                _host = None
+        with self.sending:
+            self._stop_sending()
+        timer = threading.Timer(RETIRE_GRACE_SECONDS, self._kill_if_running)
+        timer.daemon = True
+        timer.start()
+
+    def _stop_sending(self) -> None:
+        """With `sending` held."""
+        if not self.retired:
+            self.retired = True
+            try:
+                self.jobs.shutdown(socket.SHUT_WR)  # its next read is the end
+            except OSError:
+                pass
+
+    def _kill_if_running(self) -> None:
+        if self.proc.poll() is None:
+            logger.error("the transfer committer process %d did not exit: killed", self.proc.pid)
+            self.proc.kill()
+
     def _read(self) -> None:
-        """Deliver the committer process's answers until its socket closes; then answer what it left."""
+        """Deliver the committer process's answers until its answers socket closes; then answer what it left."""
+        stream = self.answers.makefile("rb")
         try:
+            if _read_frame(stream) != _READY:
+                raise RuntimeError("the transfer committer process did not say it was ready")
+            self.ready = True
             while True:
-                told, results = pickle.loads(self.conn.recv_bytes())  # noqa: S301 (our own child's bytes)
+                told, results = pickle.loads(_read_frame(stream))  # noqa: S301 (our own child's bytes)
                 _tell(told)
                 with _lock:
                     jobs = [(self.pending.pop(ticket, None), encoded) for ticket, encoded in results]
                 for job, encoded in jobs:
-                    if job is not None:  # None: its request gave up waiting (answered outcome_unknown)
-                        job.outcome = _decode(encoded)
-                        job.event.set()
+                    if job is None:  # its request gave up waiting (answered outcome_unknown)
+                        continue
+                    try:
+                        outcome = _decode(encoded)
+                    except Exception:
+                        logger.exception("an answer of the transfer committer process could not be read")
+                        outcome = Outcome(error=OutcomeUnknown())
+                    job.outcome = outcome
+                    job.event.set()
         except (EOFError, OSError):
             pass
         except Exception:
             logger.exception("reading the transfer committer process's answers failed")
         finally:
+            stream.close()
             self._end()
 
     def _end(self) -> None:
-        global _host
+        global _host, _start_after
         with _lock:
             if _host is self:
                 _host = None
             left, self.pending = list(self.pending.values()), {}
-        if left:
+            if not self.ready:
+                _start_after = time.monotonic() + START_BACKOFF_SECONDS
+        with self.sending:  # no send is using the socket while it closes (its number could be reused)
+            self._stop_sending()
+            self.jobs.close()
+        self.answers.close()
+        if not self.ready:
+            logger.error("the transfer committer process ended before it was ready (exit %s); transfers run in "
+                         "the web server process for %g s", self.proc.poll(), START_BACKOFF_SECONDS)
+        elif left:
             logger.error("the transfer committer process ended with %d transfers unanswered", len(left))
         for job in left:
-            job.outcome = Outcome(error=OutcomeUnknown())
+            job.outcome = Outcome(error=OutcomeUnknown()) if self.ready else _NOT_RUN
             job.event.set()
         try:
-            self.conn.close()
-        except OSError:
-            pass
-        try:
-            self.proc.wait(timeout=10)
+            self.proc.wait(timeout=RETIRE_GRACE_SECONDS)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
@@ -155,10 +251,12 @@ def _tell(told: list[tuple[Any, tuple[str, ...]]]) -> None:
 
 
 # The committer process's program: Django first, then the module (its models need the app registry).
-_MAIN = "import sys, django; django.setup(); from wallet.ledger.committer_process import serve; serve(int(sys.argv[1]))"
+_MAIN = ("import sys, django; django.setup(); from wallet.ledger.committer_process import serve; "
+         "serve(int(sys.argv[1]), int(sys.argv[2]))")
 
 _lock = threading.Lock()
 _host: _Host | None = None
+_start_after = 0.0  # monotonic time before which no committer process is started (one failed to start)
 _tickets = itertools.count(1)
 
 
@@ -166,25 +264,38 @@ def _start() -> _Host | None:
     """With `_lock` held: start a committer process for this process, or None if it cannot be started."""
     from django.db import connections
 
-    ours, theirs = socket.socketpair()
+    if time.monotonic() < _start_after:
+        return None
+    jobs, their_jobs = socket.socketpair()
+    answers, their_answers = socket.socketpair()
+    fds = [their_jobs.fileno(), their_answers.fileno()]
     try:
         paths = [str(settings.BASE_DIR), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
         env.setdefault("DJANGO_SETTINGS_MODULE", settings.SETTINGS_MODULE)
         proc = subprocess.Popen(  # noqa: S603 (our own module, with this interpreter)
-            [sys.executable, "-c", _MAIN, str(theirs.fileno())],
-            pass_fds=[theirs.fileno()], env=env, cwd=str(settings.BASE_DIR), stdin=subprocess.DEVNULL)
+            [sys.executable, "-c", _MAIN, *map(str, fds)],
+            pass_fds=fds, env=env, cwd=str(settings.BASE_DIR), stdin=subprocess.DEVNULL)
     except OSError:
         logger.exception("could not start the transfer committer process")
-        ours.close()
+        jobs.close()
+        answers.close()
         return None
     finally:
-        theirs.close()
-    conn = Connection(ours.detach())
+        their_jobs.close()
+        their_answers.close()
     # The databases as this process uses them (a test run's database has another name than the settings').
-    conn.send_bytes(pickle.dumps({"databases": {alias: dict(connections.settings[alias])
-                                                for alias in connections.settings}}, _PROTOCOL))
-    host = _Host(conn, proc)
+    hello = {"databases": {alias: dict(connections.settings[alias]) for alias in connections.settings}}
+    try:
+        jobs.sendall(_frame(pickle.dumps(hello, _PROTOCOL)))
+    except OSError:
+        logger.exception("could not start the transfer committer process")
+        proc.kill()
+        proc.wait()
+        jobs.close()
+        answers.close()
+        return None
+    host = _Host(jobs, answers, proc)
     host.reader.start()
     return host
 
@@ -201,8 +312,8 @@ def prestart() -> None:
 
 
 def submit(tenant: Tenant, job: TransferJob) -> Outcome | None:
-    """Run `job` in the committer process and return its outcome; None if there is none to be had (the
-    caller then runs it in this process)."""
+    """Run `job` in the committer process and return its outcome; None if it was not run there (the caller
+    then runs it in this process)."""
     global _host
     job.ticket = ticket = next(_tickets)
     payload = pickle.dumps((ticket, tenant, job.claim, job.viewer, job.order, job.refusal, job.request_id),
@@ -214,24 +325,30 @@ def submit(tenant: Tenant, job: TransferJob) -> Outcome | None:
             if host is None:
                 return None
         host.pending[ticket] = job
-    try:
-        with host.sending:
-            host.conn.send_bytes(payload)
-    except OSError:
-        # The committer process is gone (its reader answers what it had); this job may have reached it.
-        logger.exception("sending a transfer to the committer process failed")
-        with _lock:
-            host.pending.pop(ticket, None)
-        return Outcome(error=OutcomeUnknown())
+    if not host.send(payload):
+        host.retire()
+        return _not_run(host, ticket, job)
     if not job.event.wait(wait_seconds()):
         with _lock:
             gave_up = host.pending.pop(ticket, None) is not None
         if gave_up:  # a batch may have it: this process cannot tell
-            logger.error("the transfer committer process did not answer in %s s", wait_seconds())
+            logger.error("the transfer committer process did not answer in %g s: retired", wait_seconds())
+            host.retire()
             return Outcome(error=OutcomeUnknown())
-        job.event.wait()  # being delivered now
+        if not job.event.wait(RETIRE_GRACE_SECONDS):  # being delivered now
+            return Outcome(error=OutcomeUnknown())
+    if job.outcome is _NOT_RUN:
+        return _not_run(host, ticket, job)
     assert job.outcome is not None
     return job.outcome
+
+
+def _not_run(host: _Host, ticket: int, job: TransferJob) -> None:
+    """The committer process never read `job`: make it ready to run here."""
+    with _lock:
+        host.pending.pop(ticket, None)
+    job.outcome = None
+    job.event.clear()
 
 
 def host_stop(timeout: float | None = 10.0) -> None:
@@ -241,12 +358,12 @@ def host_stop(timeout: float | None = 10.0) -> None:
         host, _host = _host, None
     if host is None:
         return
-    try:
-        with socket.socket(fileno=os.dup(host.conn.fileno())) as ours:
-            ours.shutdown(socket.SHUT_WR)  # the committer process reads the end of its jobs
-    except OSError:
-        pass
+    with host.sending:
+        host._stop_sending()
     host.reader.join(timeout)
+    if host.reader.is_alive():
+        host._kill_if_running()
+        host.reader.join(timeout)
 
 
 def _forget_host() -> None:
@@ -265,18 +382,35 @@ class _SocketCommitter(GroupCommitter):
 
     def _deliver(self, batch: list[TransferJob], outcomes: list[Outcome]) -> None:
         told = _told_take()
-        message = pickle.dumps((told, [(job.ticket, _encode(outcome)) for job, outcome in zip(batch, outcomes,
-                                                                                               strict=True)]),
-                               _PROTOCOL)
-        with _send_lock:
-            try:
-                _conn.send_bytes(message)
-            except OSError:
-                logger.exception("answering the web server process failed (it has ended?)")
+        results = [(job.ticket, _encode(outcome)) for job, outcome in zip(batch, outcomes, strict=True)]
+        try:
+            message = pickle.dumps((told, results), _PROTOCOL)
+        except Exception:
+            logger.exception("a batch's answers do not pickle; sending each that does")
+            results = [(ticket, encoded if _pickles(encoded) else ("exception", "an answer that does not pickle"))
+                       for ticket, encoded in results]
+            message = pickle.dumps((told if _pickles(told) else [], results), _PROTOCOL)
+        _answer(message)
+
+
+def _pickles(value: Any) -> bool:
+    try:
+        pickle.dumps(value, _PROTOCOL)
+    except Exception:
+        return False
+    return True
+
+
+def _answer(message: bytes) -> None:
+    with _send_lock:
+        try:
+            _answers.sendall(_frame(message))
+        except OSError:
+            logger.exception("answering the web server process failed (it has ended?)")
 
 
 _send_lock = threading.Lock()
-_conn: Connection
+_answers: socket.socket
 _told = threading.local()
 
 
@@ -294,24 +428,30 @@ def _told_take() -> list[tuple[Any, tuple[str, ...]]]:
     return calls
 
 
-def serve(fd: int) -> None:
-    """The committer process: take jobs from the socket until it closes, then commit what is queued and
-    return."""
-    global _conn
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C reaches the whole group: end with the server
-    _conn = Connection(fd)
-    hello = pickle.loads(_conn.recv_bytes())  # noqa: S301 (our parent's bytes)
+def serve(jobs_fd: int, answers_fd: int) -> None:
+    """The committer process: take jobs until the jobs socket ends, then commit and answer what is queued,
+    and return."""
+    global _answers
+    # A terminal's ^C, or a stop of the whole group, reaches it too: it ends with its web server process.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    jobs = socket.socket(fileno=jobs_fd)
+    _answers = socket.socket(fileno=answers_fd)
+    stream = jobs.makefile("rb")
+    hello = pickle.loads(_read_frame(stream))  # noqa: S301 (our parent's bytes)
     from django.db import connections
 
     from wallet.events.services import register_commit_listener
 
     for alias, settings_dict in hello["databases"].items():
         connections.settings[alias].update(settings_dict)
+    settings.OUTBOX_RELAY_IN_PROCESS = False  # its commits NOTIFY the relay; it runs none
     register_commit_listener(_told_record)
     groupcommit.committer_factory = _SocketCommitter
+    _answer(_READY)
     while True:
         try:
-            data = _conn.recv_bytes()
+            data = _read_frame(stream)
         except (EOFError, OSError):
             break
         ticket, tenant, claim, viewer, order, refusal, request_id = pickle.loads(data)  # noqa: S301
@@ -319,6 +459,5 @@ def serve(fd: int) -> None:
                           ticket=ticket)
         committer = groupcommit.committer_for(tenant)
         if not committer.enqueue(tenant, job):
-            committer.run_alone(tenant, job)
+            committer.run_alone(tenant, job, own_connection=True)
     groupcommit.committers_stop(None)
-

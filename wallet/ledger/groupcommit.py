@@ -338,9 +338,10 @@ class GroupCommitter:
                 self._cond.notify()
         return queued
 
-    def run_alone(self, tenant: Tenant, job: TransferJob) -> None:
-        """Run `job` in the caller's thread, in a transaction of its own, and deliver its outcome."""
-        self._run(tenant, [job])
+    def run_alone(self, tenant: Tenant, job: TransferJob, own_connection: bool = False) -> None:
+        """Run `job` in the caller's thread, in a transaction of its own, and deliver its outcome
+        (`own_connection`: see `_run`)."""
+        self._run(tenant, [job], own_connection=own_connection)
 
     def stop(self, timeout: float | None = None) -> None:
         """Commit what is queued, then end the committer thread (`committers_stop`: the tests)."""
@@ -508,7 +509,7 @@ os.register_at_fork(after_in_child=_forget_committers)
 
 
 # What `committer_for` makes: the committer process sets its own kind, which answers over its socket.
-committer_factory: Callable[[], GroupCommitter] = lambda: GroupCommitter()  # noqa: E731
+committer_factory: Callable[[], GroupCommitter] = GroupCommitter
 
 
 def committer_for(tenant: Tenant) -> GroupCommitter:

@@ -198,7 +198,8 @@ LEDGER_GROUP_COMMIT_IDLE_SECONDS = float(os.environ.get("LEDGER_GROUP_COMMIT_IDL
 # finds none free runs alone in its request thread.
 LEDGER_GROUP_COMMIT_MAX_COMMITTERS = int(os.environ.get("LEDGER_GROUP_COMMIT_MAX_COMMITTERS", "8"))
 # Run each web server process's transfer committers in a process of their own, so that they do not share
-# a GIL with the request threads (wallet/ledger/committer_process.py). On in production.
+# a GIL with the request threads (wallet/ledger/committer_process.py). Off: on 2 cores it did not raise the
+# HTTP maximum (docs/BENCHMARKS.md, tenth session).
 LEDGER_GROUP_COMMIT_PROCESS = env_bool("LEDGER_GROUP_COMMIT_PROCESS", default=False)
 # Batches of at least this many transfers queue on their tenant's writer lock (PostgreSQL advisory lock)
 # before they lock accounts: large batches almost always share accounts, and one at a time is faster
