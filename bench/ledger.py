@@ -509,11 +509,12 @@ def wrk_transfers(base: str, app_key: str, data_file: Path, seconds: int, rate: 
 
 
 def http_probe(bench_tenant: BenchTenant, token: str, recipient: str, count: int = 20) -> None:
-    """The HTTP path in this process (Django's test client, same settings, no load): SQL per request."""
+    """The HTTP path in this process (Django's test client, same settings, no load): SQL per request. Its
+    committer runs in this process even with LEDGER_GROUP_COMMIT_PROCESS on, or there would be no SQL to see."""
     import logging
     import warnings
 
-    from django.test import Client
+    from django.test import Client, override_settings
 
     from bench.ledger_worker import SqlRecorder
     from wallet.ledger import groupcommit
@@ -533,7 +534,8 @@ def http_probe(bench_tenant: BenchTenant, token: str, recipient: str, count: int
         with connection.execute_wrapper(recorder._record):
             return real_batch(tenant, jobs)
 
-    with tempfile.TemporaryFile("w") as log_file, SqlRecorder() as recorder:
+    with (tempfile.TemporaryFile("w") as log_file, SqlRecorder() as recorder,
+          override_settings(LEDGER_GROUP_COMMIT_PROCESS=False)):
         for handler in handlers:
             handler.setStream(log_file)
         groupcommit.execute_batch = recorded_batch  # this process, for the probe's duration
