@@ -147,16 +147,23 @@ class _Host:
     def send(self, payload: bytes) -> bool:
         """Send a job's frame; False if it did not wholly go (then the committer process never reads it, and
         is retired: no later byte can complete the frame)."""
-        with self.sending:
+        if not self.sending.acquire(timeout=wait_seconds()):  # a send before it is stuck: so is this one
+            logger.error("the transfer committer process did not take a job in %g s", wait_seconds())
+            return False
+        try:
             if self.retired:
                 return False
-            try:
-                self.jobs.settimeout(wait_seconds())
-                self.jobs.sendall(_frame(payload))
-            except OSError:  # including a timeout: it does not read
-                logger.exception("sending a transfer to the committer process failed")
-                self._stop_sending()
-                return False
+            self.jobs.settimeout(wait_seconds())
+            self.jobs.sendall(_frame(payload))
+        except OSError:  # including a timeout: it does not read
+            logger.exception("sending a transfer to the committer process failed")
+            self._stop_sending()
+            return False
+        except BaseException:  # a signal's exception mid-frame: no later frame may follow the torn one
+            self._stop_sending()
+            raise
+        finally:
+            self.sending.release()
         return True
 
     def retire(self) -> None:
@@ -218,24 +225,28 @@ class _Host:
 
     def _end(self) -> None:
         global _host, _start_after
+        if not self.ready:  # it read no job; make sure it never will before saying so
+            self.proc.kill()
+            self.proc.wait()
         with _lock:
             if _host is self:
                 _host = None
             left, self.pending = list(self.pending.values()), {}
             if not self.ready:
                 _start_after = time.monotonic() + START_BACKOFF_SECONDS
-        with self.sending:  # no send is using the socket while it closes (its number could be reused)
-            self._stop_sending()
-            self.jobs.close()
-        self.answers.close()
+        # Answered at once, before anything that may wait: `_not_run` waits for this delivery.
+        for job in left:
+            job.outcome = Outcome(error=OutcomeUnknown()) if self.ready else _NOT_RUN
+            job.event.set()
         if not self.ready:
             logger.error("the transfer committer process ended before it was ready (exit %s); transfers run in "
                          "the web server process for %g s", self.proc.poll(), START_BACKOFF_SECONDS)
         elif left:
             logger.error("the transfer committer process ended with %d transfers unanswered", len(left))
-        for job in left:
-            job.outcome = Outcome(error=OutcomeUnknown()) if self.ready else _NOT_RUN
-            job.event.set()
+        with self.sending:  # no send is using the socket while it closes (its number could be reused)
+            self._stop_sending()
+            self.jobs.close()
+        self.answers.close()
         try:
             self.proc.wait(timeout=RETIRE_GRACE_SECONDS)
         except subprocess.TimeoutExpired:
@@ -296,7 +307,15 @@ def _start() -> _Host | None:
         answers.close()
         return None
     host = _Host(jobs, answers, proc)
-    host.reader.start()
+    try:
+        host.reader.start()
+    except RuntimeError:
+        logger.exception("could not start the transfer committer process's reader")
+        proc.kill()
+        proc.wait()
+        jobs.close()
+        answers.close()
+        return None
     return host
 
 
@@ -316,8 +335,12 @@ def submit(tenant: Tenant, job: TransferJob) -> Outcome | None:
     then runs it in this process)."""
     global _host
     job.ticket = ticket = next(_tickets)
-    payload = pickle.dumps((ticket, tenant, job.claim, job.viewer, job.order, job.refusal, job.request_id),
-                           _PROTOCOL)
+    try:
+        payload = pickle.dumps((ticket, tenant, job.claim, job.viewer, job.order, job.refusal, job.request_id),
+                               _PROTOCOL)
+    except Exception:
+        logger.exception("a transfer job does not pickle: it runs in the web server process")
+        return None
     with _lock:
         host = _host
         if host is None:
@@ -346,7 +369,9 @@ def submit(tenant: Tenant, job: TransferJob) -> Outcome | None:
 def _not_run(host: _Host, ticket: int, job: TransferJob) -> None:
     """The committer process never read `job`: make it ready to run here."""
     with _lock:
-        host.pending.pop(ticket, None)
+        taken = host.pending.pop(ticket, None) is None
+    if taken:  # the reader is answering it (the process ended): let that finish, or it lands on the next run
+        job.event.wait()
     job.outcome = None
     job.event.clear()
 
@@ -454,7 +479,11 @@ def serve(jobs_fd: int, answers_fd: int) -> None:
             data = _read_frame(stream)
         except (EOFError, OSError):
             break
-        ticket, tenant, claim, viewer, order, refusal, request_id = pickle.loads(data)  # noqa: S301
+        try:
+            ticket, tenant, claim, viewer, order, refusal, request_id = pickle.loads(data)  # noqa: S301
+        except Exception:  # its request answers outcome_unknown after the wait; the others go on
+            logger.exception("a transfer job could not be read")
+            continue
         job = TransferJob(claim=claim, viewer=viewer, order=order, refusal=refusal, request_id=request_id,
                           ticket=ticket)
         committer = groupcommit.committer_for(tenant)
