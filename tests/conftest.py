@@ -141,3 +141,16 @@ def celery_eager(on: bool) -> Iterator[None]:
         yield
     finally:
         celery_app.conf.task_always_eager = before
+
+
+@pytest.fixture
+def payers(tenant_a: Tenant) -> list[User]:
+    """Twelve users of tenant A with 10,000 USD each, and bob@example.com to pay (the group commit's tests)."""
+    from tests.ledger_helpers import enable, fund
+
+    enable(tenant_a, "USD")
+    users = [UserFactory(tenant=tenant_a, email=f"payer{i}@example.com") for i in range(12)]
+    UserFactory(tenant=tenant_a, email="bob@example.com")
+    for user in users:
+        fund(user, 10_000)
+    return users

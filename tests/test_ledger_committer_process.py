@@ -3,7 +3,6 @@ started by the first transfer, committing to the test database."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
@@ -16,10 +15,10 @@ from django.conf import settings
 from django.db import connections, transaction
 
 from tenants.models import Tenant, User
-from tests.conftest import AppClient
 from tests.factories import UserFactory
 from tests.ledger_helpers import balance, enable, fund
 from tests.test_idempotency_concurrency import signed_in_clients
+from tests.test_ledger_groupcommit import _concurrently, _post
 from wallet.core.errors import ApiError, error_class
 from wallet.events import services as event_services
 from wallet.events.streams import user_stream
@@ -41,21 +40,6 @@ def process_mode(settings: Any) -> Iterator[None]:
     settings.OUTBOX_RELAY_IN_PROCESS = False
     yield
     groupcommit.committers_stop()
-
-
-@pytest.fixture
-def payers(tenant_a: Tenant) -> list[User]:
-    enable(tenant_a, "USD")
-    users = [UserFactory(tenant=tenant_a, email=f"payer{i}@example.com") for i in range(8)]
-    UserFactory(tenant=tenant_a, email="bob@example.com")
-    for user in users:
-        fund(user, 10_000)
-    return users
-
-
-def _post(client: AppClient, key: str, amount: str = "100", memo: str | None = None) -> Any:
-    body = json.dumps({"recipient": "bob@example.com", "asset": "USD", "amount": amount, "memo": memo or key})
-    return client.post("/api/v1/transfers", data=body, content_type="application/json", HTTP_IDEMPOTENCY_KEY=key)
 
 
 def _host() -> Any:
@@ -105,21 +89,7 @@ def test_transfers_commit_in_the_committer_process_and_each_lands_once(tenant_a:
                                                                        payers: list[User]) -> None:
     assert committer_process.enabled()
     clients = [signed_in_clients(tenant_a, payer, 1)[0] for payer in payers]
-    barrier = threading.Barrier(len(clients))
-    answers: list[Any] = [None] * len(clients)
-
-    def post(index: int) -> None:
-        try:
-            barrier.wait(timeout=10)
-            answers[index] = _post(clients[index], f"p{index}")
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=post, args=(i,)) for i in range(len(clients))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+    answers = _concurrently([lambda c=c, i=i: _post(c, f"p{i}") for i, c in enumerate(clients)])
     assert [a.status_code for a in answers] == [201] * len(payers)
     host = _host()
     assert host.proc.poll() is None and host.ready
@@ -137,6 +107,26 @@ def test_transfers_commit_in_the_committer_process_and_each_lands_once(tenant_a:
     assert short.status_code == 409 and short.json()["code"] == "insufficient_funds"
     assert short.json()["available"] == str(10_000 - 100)
     assert ledger_verify(tenant=tenant_a).ok
+
+
+def test_two_tenants_share_the_committer_process_and_see_nothing_of_each_other(
+        tenant_a: Tenant, tenant_b: Tenant, payers: list[User]) -> None:
+    """One committer process, one committer per tenant in it: the same email and the same Idempotency-Key
+    in two tenants are two accounts and two transfers."""
+    enable(tenant_b, "USD")
+    payer_b = UserFactory(tenant=tenant_b, email=payers[0].email)
+    UserFactory(tenant=tenant_b, email="bob@example.com")
+    fund(payer_b, 5_000)
+    client_a = signed_in_clients(tenant_a, payers[0], 1)[0]
+    client_b = signed_in_clients(tenant_b, payer_b, 1)[0]
+    answers = _concurrently([lambda: _post(client_a, "same-key"), lambda: _post(client_b, "same-key", "300")])
+    assert [a.status_code for a in answers] == [201, 201]
+    assert not any(a.get("Idempotent-Replayed") for a in answers)
+    assert set(Transfer.all_tenants.filter(memo="same-key").values_list("tenant_id", "amount")) == {
+        (tenant_a.pk, 100), (tenant_b.pk, 300)}
+    assert _host().proc.poll() is None
+    assert balance(payers[0])[0] == 10_000 - 100 and balance(payer_b)[0] == 5_000 - 300
+    assert ledger_verify(tenant=tenant_a).ok and ledger_verify(tenant=tenant_b).ok
 
 
 def test_an_error_raised_in_the_committer_process_reaches_the_client_as_its_problem(

@@ -19,8 +19,7 @@ from django.db import connections
 
 from tenants.models import Tenant, User
 from tests.conftest import AppClient
-from tests.factories import UserFactory
-from tests.ledger_helpers import balance, enable, fund, terminate_own_backend
+from tests.ledger_helpers import balance, terminate_own_backend
 from tests.test_idempotency_concurrency import signed_in_clients
 from wallet.ledger import groupcommit
 from wallet.ledger.api.serializers import TransferOutputSerializer
@@ -30,16 +29,6 @@ from wallet.ledger.verify import ledger_verify
 
 on_postgresql = pytest.mark.skipif("postgresql" not in settings.DATABASES["default"]["ENGINE"],
                                    reason="PostgreSQL only: SQLite serialises writers")
-
-
-@pytest.fixture
-def payers(tenant_a: Tenant) -> list[User]:
-    enable(tenant_a, "USD")
-    users = [UserFactory(tenant=tenant_a, email=f"payer{i}@example.com") for i in range(12)]
-    UserFactory(tenant=tenant_a, email="bob@example.com")
-    for user in users:
-        fund(user, 10_000)
-    return users
 
 
 @pytest.fixture

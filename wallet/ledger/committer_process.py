@@ -295,22 +295,14 @@ def _start() -> _Host | None:
     finally:
         their_jobs.close()
         their_answers.close()
+    host = _Host(jobs, answers, proc)
     # The databases as this process uses them (a test run's database has another name than the settings').
     hello = {"databases": {alias: dict(connections.settings[alias]) for alias in connections.settings}}
     try:
         jobs.sendall(_frame(pickle.dumps(hello, _PROTOCOL)))
-    except OSError:
-        logger.exception("could not start the transfer committer process")
-        proc.kill()
-        proc.wait()
-        jobs.close()
-        answers.close()
-        return None
-    host = _Host(jobs, answers, proc)
-    try:
         host.reader.start()
-    except RuntimeError:
-        logger.exception("could not start the transfer committer process's reader")
+    except (OSError, RuntimeError):  # the process is gone, or no thread can be had to read it
+        logger.exception("could not start the transfer committer process")
         proc.kill()
         proc.wait()
         jobs.close()
