@@ -166,6 +166,58 @@ def test_a_failing_batch_is_retried_one_job_at_a_time(tenant_a: Tenant, payers: 
 @on_postgresql
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.timeout(90)
+def test_a_failing_batch_logs_its_tenant_and_requests_and_each_retry_runs_under_its_request_id(
+        tenant_a: Tenant, payers: list[User], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The committer thread has no request of its own: a failed batch's log line names the tenant and the
+    ids of the requests it carried, and each job run again alone runs (and logs) under its request's id."""
+    from wallet.core.context import request_id_var
+
+    real = groupcommit.transfers_execute
+    alone_under: list[str | None] = []
+
+    def flaky(*, tenant: Tenant, requests: list[Any], **kwargs: Any) -> list[Any]:
+        if len(requests) > 1:
+            raise RuntimeError("the database went away mid-batch")
+        alone_under.append(request_id_var.get())
+        return real(tenant=tenant, requests=requests, **kwargs)
+
+    def gather(tenant: Tenant, jobs: list[Any]) -> list[Any]:
+        threading.Event().wait(0.05)  # the next batch gathers the others
+        return real_batch(tenant, jobs)
+
+    real_batch = groupcommit.execute_batch
+    monkeypatch.setattr(groupcommit, "transfers_execute", flaky)
+    monkeypatch.setattr(groupcommit, "execute_batch", gather)
+    clients = [signed_in_clients(tenant_a, payer, 1)[0] for payer in payers[:6]]
+    ids = [f"req{i}-{uuid.uuid4().hex[:8]}" for i in range(6)]
+
+    def post(client: AppClient, i: int) -> Any:
+        body = json.dumps({"recipient": "bob@example.com", "asset": "USD", "amount": "100", "memo": f"g{i}"})
+        return client.post("/api/v1/transfers", data=body, content_type="application/json",
+                           HTTP_IDEMPOTENCY_KEY=f"g{i}", HTTP_X_REQUEST_ID=ids[i])
+
+    with caplog.at_level("ERROR", logger="wallet.ledger.groupcommit"):
+        responses = _concurrently([lambda c=c, i=i: post(c, i) for i, c in enumerate(clients)])
+    assert [r.status_code for r in responses] == [201] * 6, responses[0].content
+    assert [r["X-Request-ID"] for r in responses] == ids
+    failed = [r for r in caplog.records if "running each alone" in r.getMessage()]
+    assert failed, [r.getMessage() for r in caplog.records]
+    logged: list[str] = []
+    for record in failed:
+        assert record.tenant == tenant_a.slug  # type: ignore[attr-defined]
+        assert len(record.request_ids) > 1  # type: ignore[attr-defined]
+        logged.extend(record.request_ids)  # type: ignore[attr-defined]
+    # every request that was in a failed batch was run again alone, under its own id, once (a batch that
+    # held one job from the start ran under none: the committer thread's)
+    assert sorted(logged) == sorted(rid for rid in alone_under if rid is not None)
+    assert set(logged) <= set(ids)
+    assert request_id_var.get() is None
+
+
+@on_postgresql
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.timeout(90)
 def test_a_batch_failing_after_its_answers_were_built_is_retried_and_answers_what_committed(
         tenant_a: Tenant, payers: list[User], monkeypatch: pytest.MonkeyPatch) -> None:
     """The answers are built before the ledger's last statement, and stored by it: when that statement

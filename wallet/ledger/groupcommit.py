@@ -424,7 +424,10 @@ class GroupCommitter:
     def _run(self, tenant: Tenant, batch: list[TransferJob], own_connection: bool = False) -> None:
         """Execute `batch` and answer its jobs. `own_connection`: the committer thread's, outside any
         transaction, checked before each transaction as Django checks a request's (one that broke, or
-        outlived CONN_MAX_AGE, is closed and the next query opens a new one)."""
+        outlived CONN_MAX_AGE, is closed and the next query opens a new one).
+
+        Its log lines name the tenant and the requests (`request_ids`; a job run alone logs under its own
+        request id), so that a failed batch can be traced to the requests it answered."""
         try:
             try:
                 if own_connection:
@@ -435,14 +438,17 @@ class GroupCommitter:
                 if _lost(exc, _used.raw):
                     # A connection that broke (or a database that is down) fails every job alike: no retries.
                     # (A deadlock or a lock timeout is an OperationalError too, on a live connection: retried.)
-                    logger.exception("transfer batch of %d: the database connection failed", len(batch))
+                    logger.exception("transfer batch of %d: the database connection failed", len(batch),
+                                     extra=_log_context(tenant, batch))
                     outcomes = [Outcome(error=OutcomeUnknown())] * len(batch)
                 elif len(batch) == 1:
                     raise
                 else:
-                    logger.exception("transfer batch of %d failed; running each alone", len(batch))
+                    logger.exception("transfer batch of %d failed; running each alone", len(batch),
+                                     extra=_log_context(tenant, batch))
                     outcomes = []
                     for job in batch:
+                        token = request_id_var.set(job.request_id)
                         try:
                             if own_connection:
                                 connection.close_if_unusable_or_obsolete()
@@ -450,10 +456,13 @@ class GroupCommitter:
                             outcomes.extend(execute_batch(tenant, [job]))
                         except Exception as exc:
                             if _lost(exc, _used.raw):
-                                logger.exception("a transfer alone: the database connection failed")
+                                logger.exception("a transfer alone: the database connection failed",
+                                                 extra={"tenant": tenant.slug})
                                 outcomes.append(Outcome(error=OutcomeUnknown()))
                             else:
                                 outcomes.append(Outcome(error=exc))
+                        finally:
+                            request_id_var.reset(token)
         except BaseException as exc:
             outcomes = [Outcome(error=exc)] * len(batch)
             if not isinstance(exc, Exception):
@@ -465,6 +474,12 @@ class GroupCommitter:
         for job, outcome in zip(batch, outcomes, strict=True):
             job.outcome = outcome
             job.event.set()
+
+
+def _log_context(tenant: Tenant, batch: Sequence[TransferJob]) -> dict[str, Any]:
+    """The `extra` of a batch's log lines: its tenant and its requests' ids (the committer thread has no
+    request of its own)."""
+    return {"tenant": tenant.slug, "request_ids": [job.request_id for job in batch]}
 
 
 # The driver connection the current batch of this thread ran on (set by `execute_batch` inside its block).
