@@ -59,7 +59,7 @@ BENCH_PACED_RUNS (3),
 BENCH_PYSPY_DIR (unset; if set, py-spy raw profiles of worker 0 during each service run and of the
 server's workers during the first HTTP maximum run of each server go there: summarise them with
 bench/ledger_profile.py; that run is slower and counts like the others. py-spy is a dev tool outside the
-lock file: install it into the venv first, `.venv/bin/uv pip install py-spy`).
+lock file: install it into the venv first, `.venv/bin/uv pip install --python .venv/bin/python py-spy`).
 """
 
 from __future__ import annotations
@@ -711,7 +711,7 @@ def run(servers: Servers, work_dir: Path) -> int:
     started = time.monotonic()
     if PYSPY_DIR and not PYSPY.exists():  # a dev tool, not in the lock file: fail now, not minutes into the run
         raise BenchError(f"BENCH_PYSPY_DIR is set but py-spy is not installed at {PYSPY} "
-                         f"(install it with: {PYSPY.parent / 'uv'} pip install py-spy)")
+                         f"(install it with: {PYSPY.parent / 'uv'} pip install --python {sys.executable} py-spy)")
     env = production_env()
     os.environ.update(env)  # this process and the forked workers use the bench settings too
     servers.env = env

@@ -829,7 +829,7 @@ class Phase:
             f"unexpected closes {stats['unexpected_closes'] or 'none'}; events received {stats['events']}")
 
     def start_profile(self, pid: int, size: int, label: str) -> subprocess.Popen[bytes] | None:
-        if not (self.profile and PYSPY_DIR and size == self.sizes[-1] and PYSPY.exists()):
+        if not (self.profile and PYSPY_DIR and size == self.sizes[-1]):
             return None
         Path(PYSPY_DIR).mkdir(parents=True, exist_ok=True)
         out = Path(PYSPY_DIR) / f"stream-{self.name}-{size}-{label}.txt"
@@ -883,6 +883,10 @@ def raise_fd_limit() -> int:
 
 def run(log_dir: Path) -> int:
     started = time.monotonic()
+    if PYSPY_DIR and not PYSPY.exists():  # a dev tool, not in the lock file: fail now, not minutes into the run
+        raise BenchError(f"BENCH_PYSPY_DIR is set but py-spy is not at {PYSPY} (install it with: "
+                         f"{Path(sys.executable).parent / 'uv'} pip install --python {sys.executable} py-spy, "
+                         "or set BENCH_PYSPY)")
     env = production_env()
     # Tokens must outlive the run (the stream closes a socket whose token expired); quiet logs.
     env.update(JWT_ACCESS_TTL_SECONDS="7200", LOG_LEVEL="WARNING", LOG_REQUESTS="0")
