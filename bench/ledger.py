@@ -53,7 +53,7 @@ the median of that server's paced runs' p99s. Exit status
 
 Tunables (environment): BENCH_SECONDS (8, measured seconds per run), BENCH_WARMUP_SECONDS (2),
 BENCH_PGBENCH_SECONDS (8), BENCH_PGBENCH_SCALE (10), BENCH_CLIENTS (8: pgbench clients and service
-workers), BENCH_BATCH_SIZES (1,16,64,256), BENCH_USERS (1000), BENCH_ZIPF_S (1.1), BENCH_HTTP_SENDERS (64),
+workers), BENCH_BATCH_SIZES (1,16,64,256,1024), BENCH_USERS (1000), BENCH_ZIPF_S (1.1), BENCH_HTTP_SENDERS (64),
 BENCH_THREADS (2), BENCH_CONNECTIONS (96), BENCH_HTTP_WORKERS (2), BENCH_HTTP_THREADS (32), BENCH_HTTP_RUNS (3),
 BENCH_PACED_RUNS (3),
 BENCH_PYSPY_DIR (unset; if set, py-spy raw profiles of worker 0 during each service run and of the
@@ -104,7 +104,7 @@ WARMUP_SECONDS = int(os.environ.get("BENCH_WARMUP_SECONDS", "2"))
 PGBENCH_SECONDS = int(os.environ.get("BENCH_PGBENCH_SECONDS", "8"))
 PGBENCH_SCALE = int(os.environ.get("BENCH_PGBENCH_SCALE", "10"))
 CLIENTS = int(os.environ.get("BENCH_CLIENTS", "8"))
-BATCH_SIZES = [int(b) for b in os.environ.get("BENCH_BATCH_SIZES", "1,16,64,256").split(",") if b.strip()]
+BATCH_SIZES = [int(b) for b in os.environ.get("BENCH_BATCH_SIZES", "1,16,64,256,1024").split(",") if b.strip()]
 USERS = int(os.environ.get("BENCH_USERS", "1000"))
 ZIPF_S = float(os.environ.get("BENCH_ZIPF_S", "1.1"))
 HTTP_SENDERS = int(os.environ.get("BENCH_HTTP_SENDERS", "64"))
