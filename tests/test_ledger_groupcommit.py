@@ -268,7 +268,8 @@ def test_a_batch_failing_after_its_answers_were_built_is_retried_and_answers_wha
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("committed", [False, True])
 def test_a_connection_lost_in_a_batch_answers_503_and_a_retry_with_the_key_tells_what_happened(
-        committed: bool, tenant_a: Tenant, payers: list[User], monkeypatch: pytest.MonkeyPatch) -> None:
+        committed: bool, tenant_a: Tenant, payers: list[User], monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
     """The connection breaks before anything is sent, or after the COMMIT ran but before its answer came
     back: either way the client is told 503 `outcome_unknown`, and its retry with the same key
     runs the transfer once, or replays the one that committed."""
@@ -295,9 +296,13 @@ def test_a_connection_lost_in_a_batch_answers_503_and_a_retry_with_the_key_tells
         monkeypatch.setattr(groupcommit, "execute_batch", lose_the_connection_first)
     monkeypatch.setattr(groupcommit, "_connection_lost", lambda used: broken["on"])
     client = signed_in_clients(tenant_a, payers[0], 1)[0]
-    response = _post(client, "lost")
+    with caplog.at_level("ERROR", logger="wallet.ledger.groupcommit"):
+        response = _post(client, "lost")
     assert response.status_code == 503 and response["Retry-After"] == "1"
     assert response.json()["code"] == "outcome_unknown"
+    (logged,) = [r for r in caplog.records if "the database connection failed" in r.getMessage()]
+    assert logged.tenant == tenant_a.slug  # type: ignore[attr-defined]
+    assert logged.request_ids == [response["X-Request-ID"]]  # type: ignore[attr-defined]
     assert Transfer.all_tenants.filter(memo="lost").count() == (1 if committed else 0)
     broken["on"] = False
     retry = _post(client, "lost")
