@@ -51,7 +51,8 @@ ratios, each HTTP run against the pgbench run just before it, and `http` the run
 the median of that server's paced runs' p99s. Exit status
 1 if a verification fails or a run had errors (the summary is still printed).
 
-Tunables (environment): BENCH_SECONDS (8, measured seconds per run), BENCH_WARMUP_SECONDS (2),
+Tunables (environment): BENCH_SECONDS (8, measured seconds per run; a service run at a batch size B above 256
+measures, and warms up, B // 256 times as long), BENCH_WARMUP_SECONDS (2),
 BENCH_PGBENCH_SECONDS (8), BENCH_PGBENCH_SCALE (10), BENCH_CLIENTS (8: pgbench clients and service
 workers), BENCH_BATCH_SIZES (1,16,64,256,1024), BENCH_USERS (1000), BENCH_ZIPF_S (1.1), BENCH_HTTP_SENDERS (64),
 BENCH_THREADS (2), BENCH_CONNECTIONS (96), BENCH_HTTP_WORKERS (2), BENCH_HTTP_THREADS (32), BENCH_HTTP_RUNS (3),
@@ -414,9 +415,14 @@ class WorkerPool:
         print_statements(statements)
 
     def run(self, bench_tenant: BenchTenant, batch: int, mode: str, label: str) -> ServiceRun:
+        # A batch counts whole when it returns inside the window: past 256 transfers a batch takes seconds,
+        # and an 8-s window held 3-4 batches per worker (a rate in steps of B/8 per second, runs 16% apart).
+        # Larger batches get a window (and a warm-up) as many times longer as they are larger than 256.
+        scale = max(1, batch // 256)
+        seconds = SECONDS * scale
         start_at = time.monotonic() + 0.3
-        window_start = start_at + WARMUP_SECONDS
-        end_at = window_start + SECONDS
+        window_start = start_at + WARMUP_SECONDS * scale
+        end_at = window_start + seconds
         command = {"op": "run", "tenant_id": str(bench_tenant.tenant.pk), "batch": batch, "mode": mode,
                    "zipf_s": ZIPF_S, "seed": secrets.randbits(30), "amount_max": AMOUNT_MAX,
                    "start_at": start_at, "window_start": window_start, "end_at": end_at}
@@ -426,7 +432,7 @@ class WorkerPool:
         with WaitSampler() as sampler:
             time.sleep(max(0.0, window_start - time.monotonic()))
             if PYSPY_DIR:
-                profiler = pyspy_start(self.processes[0].pid, f"service-{mode}-b{batch}", SECONDS)
+                profiler = pyspy_start(self.processes[0].pid, f"service-{mode}-b{batch}", seconds)
             sampler.counts.clear()
             time.sleep(max(0.0, end_at - time.monotonic()))
             sampler._stop.set()
@@ -435,7 +441,7 @@ class WorkerPool:
             profiler.wait()
         ok_window = sum(a["ok_window"] for a in answers)
         latencies = sorted(x for a in answers for x in a["latencies"])
-        run = ServiceRun(label=label, batch=batch, tps=ok_window / SECONDS,
+        run = ServiceRun(label=label, batch=batch, tps=ok_window / seconds,
                          ok_total=sum(a["ok_total"] for a in answers),
                          refused=sum((Counter(a["refused"]) for a in answers), Counter()),
                          errors=[e for a in answers for e in a["errors"]], waits=sampler.summary())
@@ -445,7 +451,7 @@ class WorkerPool:
         bench_tenant.acknowledged += run.ok_total
         refused = ", ".join(f"{code} {n}" for code, n in run.refused.items()) or "none"
         say(f"service {label} batch={batch}: {run.tps:.0f} transfers/s ({sum(a['batches_window'] for a in answers)} "
-            f"batches in {SECONDS}s, {len(self.processes)} workers), batch latency p50 {run.p50_ms:.1f} ms "
+            f"batches in {seconds}s, {len(self.processes)} workers), batch latency p50 {run.p50_ms:.1f} ms "
             f"p99 {run.p99_ms:.1f} ms, refused: {refused}, errors: {len(run.errors)}, load {loadavg()}")
         say(f"    db backends: {run.waits}")
         if run.errors:
