@@ -221,6 +221,14 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def require_pyspy(profile_dir: str, pyspy: Path) -> None:
+    """Fail now, not minutes into a run, when profiles are asked for (`BENCH_PYSPY_DIR`) and py-spy is not at
+    `pyspy`: it is a dev tool, outside the lock file."""
+    if profile_dir and not pyspy.exists():
+        raise BenchError(f"BENCH_PYSPY_DIR is set but py-spy is not at {pyspy} (install it with: "
+                         f"{Path(sys.executable).parent / 'uv'} pip install --python {sys.executable} py-spy)")
+
+
 def say(line: str) -> None:
     print(line, flush=True)
 

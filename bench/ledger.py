@@ -94,6 +94,7 @@ from bench.harness import (
     free_port,
     http,
     main_with_servers,
+    require_pyspy,
     say,
     stop_on_sigterm,
     wrk,
@@ -715,9 +716,7 @@ def http_phase(servers: Servers, env: dict[str, str], bench_tenant: BenchTenant,
 
 def run(servers: Servers, work_dir: Path) -> int:
     started = time.monotonic()
-    if PYSPY_DIR and not PYSPY.exists():  # a dev tool, not in the lock file: fail now, not minutes into the run
-        raise BenchError(f"BENCH_PYSPY_DIR is set but py-spy is not installed at {PYSPY} "
-                         f"(install it with: {PYSPY.parent / 'uv'} pip install --python {sys.executable} py-spy)")
+    require_pyspy(PYSPY_DIR, PYSPY)
     env = production_env()
     os.environ.update(env)  # this process and the forked workers use the bench settings too
     servers.env = env

@@ -90,7 +90,18 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.api import manage, production_env
-from bench.harness import ROOT, BenchError, Server, Servers, fail, free_port, say, stop_on_sigterm, tail
+from bench.harness import (
+    ROOT,
+    BenchError,
+    Server,
+    Servers,
+    fail,
+    free_port,
+    require_pyspy,
+    say,
+    stop_on_sigterm,
+    tail,
+)
 
 SIZES = [int(s) for s in os.environ.get("BENCH_STREAM_SIZES", "1000,5000,10000").split(",") if s.strip()]
 CLIENTS = int(os.environ.get("BENCH_STREAM_CLIENTS", "4"))
@@ -883,10 +894,7 @@ def raise_fd_limit() -> int:
 
 def run(log_dir: Path) -> int:
     started = time.monotonic()
-    if PYSPY_DIR and not PYSPY.exists():  # a dev tool, not in the lock file: fail now, not minutes into the run
-        raise BenchError(f"BENCH_PYSPY_DIR is set but py-spy is not at {PYSPY} (install it with: "
-                         f"{Path(sys.executable).parent / 'uv'} pip install --python {sys.executable} py-spy, "
-                         "or set BENCH_PYSPY)")
+    require_pyspy(PYSPY_DIR, PYSPY)  # BENCH_PYSPY may point elsewhere
     env = production_env()
     # Tokens must outlive the run (the stream closes a socket whose token expired); quiet logs.
     env.update(JWT_ACCESS_TTL_SECONDS="7200", LOG_LEVEL="WARNING", LOG_REQUESTS="0")

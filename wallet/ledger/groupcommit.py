@@ -457,7 +457,7 @@ class GroupCommitter:
                         except Exception as exc:
                             if _lost(exc, _used.raw):
                                 logger.exception("a transfer alone: the database connection failed",
-                                                 extra={"tenant": tenant.slug})
+                                                 extra=_log_context(tenant, [job]))
                                 outcomes.append(Outcome(error=OutcomeUnknown()))
                             else:
                                 outcomes.append(Outcome(error=exc))
