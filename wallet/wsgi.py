@@ -8,7 +8,8 @@ from django.core.wsgi import get_wsgi_application
 from wallet.core.runtime import process_tune, whole_responses
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "wallet.settings.development")
-application = whole_responses(get_wsgi_application())  # one call into Python per request: wallet/core/runtime.py
+# One call into Python per request, and the worker pinned to a CPU at its first: wallet/core/runtime.py
+application = whole_responses(get_wsgi_application(), pin=True)
 process_tune()  # a frozen start-up heap, rarer collections, a 0.5 ms GIL switch interval: wallet/core/runtime.py
 
 from wallet.ledger.committer_process import prestart  # noqa: E402 (needs the apps)
