@@ -121,83 +121,196 @@ def test_the_wsgi_application_answers_a_list_of_bytes() -> None:
 def _two_cpus() -> list[int]:
     import os
 
-    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    cpus = sorted(os.sched_getaffinity(0)) if sys.platform == "linux" else []
     if len(cpus) < 2:
-        pytest.skip("pinning needs a process allowed on two CPUs or more (Linux)")
+        pytest.skip("pinning needs Linux and a process allowed on two CPUs or more")
     return cpus
 
 
+def _python(code: str, *args: str, env: dict[str, str] | None = None, **kwargs: Any) -> Any:
+    return subprocess.run([sys.executable, "-c", code, *args], env={**_base_env(), **(env or {})},
+                          capture_output=True, text=True, check=True, timeout=60, **kwargs)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="claims are names in Linux's abstract socket namespace")
 def test_cpu_claims_spread_over_the_cpus_then_wrap_and_free_with_their_socket() -> None:
+    """Claims are names only (no CPU is touched): CPUs 0 and 1 whatever this machine has."""
+    from contextlib import ExitStack
+
     from wallet.core.runtime import cpu_claim
 
-    cpus = _two_cpus()[:2]
-    group = f"test-{secrets.token_hex(4)}"
-    first = [cpu_claim(group, cpus) for _ in cpus]
-    assert [claim[0] for claim in first if claim] == cpus  # one worker per CPU, in order
-    second = cpu_claim(group, cpus)
-    assert second is not None and second[0] == cpus[0]  # every CPU has one: a second round
-    other_group = cpu_claim(f"{group}-other", cpus)
-    assert other_group is not None and other_group[0] == cpus[0]  # groups do not see each other
-    wrapped = cpu_claim(group, cpus, rounds=2)
-    assert wrapped is not None and wrapped[0] == cpus[1]
-    assert cpu_claim(group, cpus, rounds=2) is None  # two rounds full
-    assert first[1] is not None
-    first[1][1].close()  # the worker on the second CPU ends: its replacement takes its CPU back
-    again = cpu_claim(group, cpus, rounds=2)
-    assert again is not None and again[0] == cpus[1]
-    for claim in [*first, second, other_group, wrapped, again]:
-        if claim:
-            claim[1].close()
+    cpus, group = [0, 1], f"test-{secrets.token_hex(4)}"
+    with ExitStack() as stack:
+        def claim(group: str = group, rounds: int = 64) -> tuple[int, int] | None:
+            claimed = cpu_claim(group, cpus, rounds=rounds)
+            if claimed is None:
+                return None
+            stack.callback(claimed[2].close)
+            return claimed[0], claimed[1]
+
+        first = cpu_claim(group, cpus)
+        assert first is not None
+        assert (first[0], first[1]) == (0, 0)
+        assert claim() == (1, 0)  # one worker per CPU, in order
+        assert claim() == (0, 1)  # every CPU has one: a second round
+        assert claim(f"{group}-other") == (0, 0)  # groups do not see each other
+        assert claim(rounds=2) == (1, 1)
+        assert claim(rounds=2) is None  # two rounds full
+        first[2].close()  # the worker on CPU 0 ends: its replacement takes its CPU back
+        assert claim(rounds=2) == (0, 0)
+
+
+_PIN_CODE = r"""
+import json, os, sys, threading
+from wallet.core import runtime
+stop = threading.Event()
+before = threading.Thread(target=stop.wait); before.start()
+cpu = runtime.cpu_pin(group=sys.argv[1])
+after = threading.Thread(target=stop.wait); after.start()
+threads = (threading.main_thread(), before, after)
+def report(**extra):
+    print(json.dumps({"cpu": runtime._claim[2] if runtime._claim else None,
+                      "threads": [sorted(os.sched_getaffinity(t.native_id)) for t in threads], **extra}), flush=True)
+report(first=cpu)
+for line in sys.stdin:
+    if line.strip() == "rebalance":
+        report(moved=runtime.cpu_rebalance())
+    elif line.strip() == "fork":
+        pid = os.fork()
+        if pid == 0:
+            os.write(1, (json.dumps({"child_claim": runtime._claim}) + "\n").encode()); os._exit(0)
+        os.waitpid(pid, 0)
+    elif line.strip() == "child":
+        import subprocess
+        out = subprocess.run([sys.executable, "-c", "import os; from wallet.core.runtime import cpu_affinity_restore; "
+                              "cpu_affinity_restore(); print(sorted(os.sched_getaffinity(0)))"],
+                             env={**os.environ, **runtime.cpu_affinity_env()}, capture_output=True, text=True)
+        print(json.dumps({"child_affinity": json.loads(out.stdout)}), flush=True)
+stop.set()
+"""
 
 
 def test_cpu_pin_pins_every_thread_and_the_threads_started_after_it() -> None:
     """In a process of its own: a thread started before the pin and one started after run on the pinned CPU
-    only; a second process of the same group takes the next CPU."""
-    _two_cpus()
-    code = ("import json, os, sys, threading; from wallet.core.runtime import cpu_pin; "
-            "stop = threading.Event(); before = threading.Thread(target=stop.wait); before.start(); "
-            "cpu = cpu_pin(group=sys.argv[1]); after = threading.Thread(target=stop.wait); after.start(); "
-            "threads = (threading.main_thread(), before, after); "
-            "print(json.dumps([cpu, [sorted(os.sched_getaffinity(t.native_id)) for t in threads]])); "
-            "sys.stdout.flush(); sys.stdin.read(); stop.set()")
+    only; a second process of the same group takes the next CPU; a child forked from it holds no claim, and
+    one started with `cpu_affinity_env()` (the committer process) runs where the parent could before."""
+    cpus = _two_cpus()
     group = f"test-{secrets.token_hex(4)}"
-    first = subprocess.Popen([sys.executable, "-c", code, group], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    first = subprocess.Popen([sys.executable, "-c", _PIN_CODE, group], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                              text=True, env=_base_env())
     try:
-        assert first.stdout is not None
-        cpu, affinities = json.loads(first.stdout.readline())
-        assert affinities == [[cpu]] * 3
-        second = subprocess.run([sys.executable, "-c", code, group], input="", capture_output=True, text=True,
-                                env=_base_env(), check=True)
-        assert json.loads(second.stdout)[0] not in (cpu, None)  # the first still holds its CPU
+        assert first.stdin is not None and first.stdout is not None
+        report = json.loads(first.stdout.readline())
+        assert report["first"] == report["cpu"] == cpus[0]
+        assert report["threads"] == [[cpus[0]]] * 3
+        second = _python(_PIN_CODE, group, input="")
+        assert json.loads(second.stdout)["first"] == cpus[1]  # the first still holds its CPU
+        first.stdin.write("fork\nchild\n")
+        first.stdin.flush()
+        assert json.loads(first.stdout.readline()) == {"child_claim": None}
+        assert json.loads(first.stdout.readline()) == {"child_affinity": cpus}
+        third = _python(_PIN_CODE, group, input="")
+        assert json.loads(third.stdout)["first"] == cpus[1]  # the fork's copy of the claim died with it
     finally:
-        first.communicate("")
+        first.communicate("", timeout=60)
+
+
+def test_a_worker_pinned_in_a_later_round_moves_to_a_claim_freed_before_it() -> None:
+    """A server that starts the new worker before stopping the old one: the new one finds both CPUs taken
+    and shares CPU 0; when the old worker of CPU 1 stops, it moves there."""
+    from wallet.core.runtime import cpu_claim
+
+    cpus = _two_cpus()[:2]
+    group = f"test-{secrets.token_hex(4)}"
+    held = [cpu_claim(group, cpus), cpu_claim(group, cpus)]  # the old workers of CPU 0 and CPU 1
+    worker = subprocess.Popen([sys.executable, "-c", _PIN_CODE, group], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env=_base_env())
+    try:
+        assert worker.stdin is not None and worker.stdout is not None
+        assert json.loads(worker.stdout.readline())["cpu"] == cpus[0]  # round 2, CPU 0
+        worker.stdin.write("rebalance\n")
+        worker.stdin.flush()
+        assert json.loads(worker.stdout.readline())["moved"] is None  # nothing free before it yet
+        assert held[1] is not None
+        held[1][2].close()  # the old worker of CPU 1 stops
+        worker.stdin.write("rebalance\n")
+        worker.stdin.flush()
+        report = json.loads(worker.stdout.readline())
+        assert report["moved"] == report["cpu"] == cpus[1]
+        assert report["threads"] == [[cpus[1]]] * 3
+        assert cpu_claim(group, cpus, rounds=1) is None  # it holds CPU 1's first-round claim now
+    finally:
+        worker.communicate("", timeout=60)
+        for claim in held:
+            if claim:
+                claim[2].close()
 
 
 @pytest.mark.parametrize(("env", "in_thread", "pinned"), [
     ({}, True, True),  # auto: a worker serving requests from a pool of threads (granian, gunicorn gthread)
-    ({}, False, False),  # auto: a single-threaded worker (gunicorn sync)
+    ({}, False, False),  # auto: a worker serving them from its main thread (gunicorn sync)
     ({"WSGI_PIN_CPU": "1"}, False, True),
     ({"WSGI_PIN_CPU": "0"}, True, False),
 ])
 def test_the_wsgi_application_pins_its_worker_at_the_first_request(env: dict[str, str], in_thread: bool,
                                                                    pinned: bool) -> None:
+    from wallet.core.runtime import cgroup_cpu_quota
+
     cpus = _two_cpus()
+    quota = cgroup_cpu_quota()
+    if not env and pinned and quota is not None and quota < len(cpus):
+        pytest.skip(f"this cgroup's CPU quota ({quota}) is below its {len(cpus)} CPUs: auto does not pin here")
     code = ("import os, sys, threading, wsgiref.util as u; from wallet.wsgi import application; env = {}; "
             "u.setup_testing_defaults(env); env.update(PATH_INFO='/no-such-page', HTTP_HOST='localhost'); "
             "before = len(os.sched_getaffinity(0)); "
             "serve = lambda: application(env, lambda status, headers, exc_info=None: None); "
             "t = threading.Thread(target=serve); (t.start(), t.join()) if sys.argv[1] == 'thread' else serve(); "
             "print(before, len(os.sched_getaffinity(0)))")
-    out = subprocess.run([sys.executable, "-c", code, "thread" if in_thread else "main"],
-                         env={**_base_env(), **env}, capture_output=True, text=True, check=True)
+    out = _python(code, "thread" if in_thread else "main", env=env)
     assert out.stdout.split() == [str(len(cpus)), "1" if pinned else str(len(cpus))]
 
 
-def test_whole_responses_pins_nothing_unless_asked() -> None:
-    """The test process itself runs `whole_responses` without `pin`: it stays on every CPU it may use."""
-    import os
+def test_auto_does_not_pin_under_a_cpu_quota_below_the_cpus(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
 
-    cpus = _two_cpus()
-    whole_responses(lambda environ, start_response: HttpResponse(b""))({}, _start_response)
-    assert sorted(os.sched_getaffinity(0)) == cpus
+    from wallet.core import runtime
+
+    limits = tmp_path / "cpu.max"
+    for text, quota in [("max 100000\n", None), ("150000 100000\n", 1.5), ("garbage", None)]:
+        limits.write_text(text)
+        assert runtime.cgroup_cpu_quota(str(limits)) == quota
+    assert runtime.cgroup_cpu_quota(str(tmp_path / "missing")) is None
+    monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    wanted: dict[float | None, bool] = {}
+    for quota in (None, 1.5, 4.0):
+        monkeypatch.setattr(runtime, "cgroup_cpu_quota", lambda quota=quota: quota)
+        thread = threading.Thread(target=lambda quota=quota: wanted.__setitem__(quota, runtime.cpu_pin_wanted()))
+        thread.start()
+        thread.join()
+    assert wanted == {None: True, 1.5: False, 4.0: True}
+    assert runtime.cpu_pin_wanted() is False  # the main thread: not a threaded worker
+
+
+def test_whole_responses_pins_nothing_unless_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without `pin`, not even with WSGI_PIN_CPU=1 and a request in a thread (and the test process is never
+    pinned: `cpu_pin` is replaced by a spy)."""
+    import threading
+
+    from wallet.core import runtime
+
+    calls: list[bool] = []
+    monkeypatch.setenv("WSGI_PIN_CPU", "1")
+    monkeypatch.setattr(runtime, "cpu_pin", lambda group=None: calls.append(True))
+    monkeypatch.setattr(runtime, "_pin_pending", True)
+    app = whole_responses(lambda environ, start_response: HttpResponse(b""))
+    thread = threading.Thread(target=lambda: app({}, _start_response))
+    thread.start()
+    thread.join()
+    assert calls == []
+    pinned_app = whole_responses(lambda environ, start_response: HttpResponse(b""), pin=True)
+    thread = threading.Thread(target=lambda: pinned_app({}, _start_response))
+    thread.start()
+    thread.join()
+    assert calls == [True]  # the spy saw the pin that `pin=True` asks for (once)
+    pinned_app({}, _start_response)
+    assert calls == [True]

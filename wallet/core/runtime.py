@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import gc
 import logging
 import os
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -53,82 +55,197 @@ def process_tune(*, switch_interval_ms: float | None = None) -> None:
 
 
 def cpu_pin_wanted() -> bool:
-    """Whether a WSGI worker pins itself to one CPU at its first request (`cpu_pin`): `WSGI_PIN_CPU`, `auto`
-    by default, when that request runs in a thread other than the process's main thread, as in a worker
-    that serves requests from a pool of threads (granian's blocking threads, gunicorn's gthread); not a
-    single-threaded worker (gunicorn's sync workers), which holds its GIL alone and may use any core free.
-    `1` always, `0` never."""
+    """Whether a WSGI worker pins itself to one CPU at its first request (`cpu_pin`). `WSGI_PIN_CPU`:
+    `1` always, `0` never, `auto` (the default) when that request runs in a thread other than the process's
+    main thread, as in a worker that serves requests from a pool of threads (granian's blocking threads,
+    gunicorn's gthread), and not in a worker that serves them from its main thread (gunicorn's sync
+    workers: one request at a time, so its GIL has one busy thread, not 33), and not when the process's
+    cgroup grants it fewer CPUs than it may run on (a CPU quota, `cpu.max`, without a cpuset of that size:
+    the scheduler then spreads the quota over every CPU, and workers of other containers would stack on the
+    same first CPUs)."""
     setting = os.environ.get("WSGI_PIN_CPU", "auto").strip().lower()
     if setting in ("1", "true", "yes", "on"):
         return True
     if setting in ("0", "false", "no", "off"):
         return False
-    return threading.current_thread() is not threading.main_thread()
+    if threading.current_thread() is threading.main_thread():
+        return False
+    quota = cgroup_cpu_quota()
+    return quota is None or quota >= len(os.sched_getaffinity(0))
 
 
-# The claims of this process (see `cpu_claim`): held open for the process's life.
-_CPU_CLAIMS: list[socket.socket] = []
+def cgroup_cpu_quota(path: str = "/sys/fs/cgroup/cpu.max") -> float | None:
+    """The CPUs' worth of time the process's cgroup (v2) may use, or None without a quota (or a cgroup v2)."""
+    try:
+        with open(path) as limits:
+            quota, period = limits.read().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max":
+        return None
+    try:
+        return int(quota) / int(period)
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+# The CPU claim of this process (see `cpu_claim`): (group, CPUs, CPU, round, socket), held for its life.
+_claim: tuple[str, tuple[int, ...], int, int, socket.socket] | None = None
+# The affinity before `cpu_pin`, for the processes it starts that should not be pinned (`cpu_affinity_env`).
+_unpinned: tuple[int, ...] | None = None
 _PIN_LOCK = threading.Lock()
 _pin_pending = True
+_next_rebalance = 0.0
+REBALANCE_SECONDS = 10.0
+AFFINITY_ENV = "WALLET_CPU_AFFINITY"
 
 
-def cpu_claim(group: str, cpus: Sequence[int], rounds: int = 64) -> tuple[int, socket.socket] | None:
+def _claim_name(group: str, round_: int, cpu: int) -> str:
+    return f"\0wallet-cpu/{group}/{round_}/{cpu}"
+
+
+def _bind(name: str) -> socket.socket | None:
+    """The socket holding `name` in the abstract namespace, or None if another socket holds it."""
+    claim = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        claim.bind(name)
+    except OSError as error:
+        claim.close()
+        if error.errno == errno.EADDRINUSE:
+            return None
+        raise
+    return claim
+
+
+def cpu_claim(group: str, cpus: Sequence[int], rounds: int = 64) -> tuple[int, int, socket.socket] | None:
     """Claim a CPU of `cpus` among the processes of `group`: the first free one, in order, then, once every
-    CPU has a process, a second process per CPU, and so on. The claim is a name in the abstract Unix-socket
-    namespace (Linux), bound by one socket at a time: it holds while the returned socket is open, and the
-    kernel releases it when the process ends, so that a worker that replaces a dead one takes its CPU back,
-    and nothing is left on disk. None if every claim of `rounds` rounds is taken."""
+    CPU has a process, a second process per CPU, and so on. Returns (CPU, round, socket). The claim is a
+    name in the abstract Unix-socket namespace (Linux; one per network namespace), bound by one socket at a
+    time: it holds while that socket is open, and the kernel releases it when its process ends. Nothing is
+    left on disk. None if every claim of `rounds` rounds is taken. Raises OSError if a name cannot be
+    bound for another reason than being taken."""
     for round_ in range(rounds):
         for cpu in cpus:
-            claim = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            try:
-                claim.bind(f"\0wallet-cpu/{group}/{round_}/{cpu}")
-            except OSError:  # EADDRINUSE: another process of the group holds it
-                claim.close()
-                continue
-            return cpu, claim
+            claim = _bind(_claim_name(group, round_, cpu))
+            if claim is not None:
+                return cpu, round_, claim
     return None
+
+
+def _set_affinity(cpus: set[int]) -> None:
+    """Set the affinity of every thread of this process; threads started later inherit their starter's.
+    The calling thread's failure raises; a thread that ended meanwhile is skipped. A few passes: a thread
+    started by one not yet set gets the old affinity, and shows up in the next pass."""
+    os.sched_setaffinity(0, cpus)
+    done: set[int] = {threading.get_native_id()}
+    for _ in range(5):
+        tids = {int(tid) for tid in os.listdir("/proc/self/task")} - done
+        if not tids:
+            return
+        for tid in tids:
+            try:
+                os.sched_setaffinity(tid, cpus)
+            except ProcessLookupError:  # the thread has ended
+                pass
+        done |= tids
 
 
 def cpu_pin(group: str | None = None) -> int | None:
     """Pin this process, every thread it has and so every thread they start later, to one CPU, a different
     one for each worker of a server while there are CPUs enough (`group`: by default the parent process,
-    the server's master). Returns the CPU, or None when the process may use a single CPU or nothing was
-    claimed (it is then left as it was).
+    the server's master; see `cpu_claim`). Returns the CPU, or None when the process may run on a single
+    CPU, or this is not Linux, or every claim is taken (it is then left as it was). Raises OSError if the
+    affinity cannot be set (nothing is then claimed).
 
     Why: a WSGI worker is many threads of one interpreter, and only the thread holding its GIL runs Python.
     Free to run on any core, its threads hand the GIL to each other across cores, and its holder is
     preempted by the other workers' threads and PostgreSQL while the worker's other threads wait for it.
-    Pinned, a worker's threads hand the GIL over on their own core. In bench-ledger's HTTP runs (2 granian
-    workers x 32 threads, 2 cores) pinning raised `POST /api/v1/transfers` from ~750 to ~1,050 req/s and cut
-    the CPU per request by a quarter (docs/BENCHMARKS.md, twelfth session)."""
-    if not hasattr(os, "sched_setaffinity"):
-        return None
-    allowed = sorted(os.sched_getaffinity(0))
+    Pinned, a worker's threads hand the GIL over on their own core. On 2 cores with 2 granian workers x 32
+    threads, pinning raised `POST /api/v1/transfers` from ~750 to ~1,050 req/s and cut the CPU per request by
+    a quarter (docs/BENCHMARKS.md, bench-ledger, twelfth session)."""
+    global _claim, _unpinned
+    if sys.platform != "linux" or _claim is not None:
+        return None if _claim is None else _claim[2]
+    allowed = tuple(sorted(os.sched_getaffinity(0)))
     if len(allowed) < 2:
         return None
-    claimed = cpu_claim(group or str(os.getppid()), allowed)
+    group = group or str(os.getppid())
+    claimed = cpu_claim(group, allowed)
     if claimed is None:
         return None
-    cpu, claim = claimed
-    _CPU_CLAIMS.append(claim)
-    seen: set[int] = set()
-    while True:  # again, for any thread started by one not yet pinned
-        tids = {int(tid) for tid in os.listdir("/proc/self/task")} - seen
-        if not tids:
-            return cpu
-        for tid in tids:
+    cpu, round_, sock = claimed
+    try:
+        _set_affinity({cpu})
+    except BaseException:
+        sock.close()
+        try:
+            _set_affinity(set(allowed))  # the threads already set, back as they were
+        except OSError:
+            logger.warning("could not undo a partial pin", exc_info=True)
+        raise
+    _claim, _unpinned = (group, allowed, cpu, round_, sock), allowed
+    return cpu
+
+
+def cpu_rebalance() -> int | None:
+    """A pinned process in a second (or later) round moves to a free claim of an earlier round, if any, and
+    returns its new CPU. Workers of a server that replaces them one by one, starting the new before
+    stopping the old (granian's reload and worker lifetimes), take the claims they find, then their
+    predecessors free theirs: without this, two could stay on one CPU and leave another without any. Two
+    processes that try the same free claim: one binds it, the other stays."""
+    global _claim
+    if _claim is None or _claim[3] == 0:
+        return None
+    group, allowed, _, round_, sock = _claim
+    for earlier in range(round_):
+        for target in allowed:
+            moved = _bind(_claim_name(group, earlier, target))
+            if moved is None:
+                continue
             try:
-                os.sched_setaffinity(tid, {cpu})
-            except OSError:  # the thread has ended
-                pass
-        seen |= tids
+                _set_affinity({target})
+            except BaseException:
+                moved.close()
+                raise
+            _claim = (group, allowed, target, earlier, moved)
+            sock.close()
+            return target
+    return None
+
+
+def cpu_affinity_env() -> dict[str, str]:
+    """For a process this one starts that must not inherit its pin (the transfer committer process):
+    the affinity before `cpu_pin`, for `cpu_affinity_restore` in that process; empty if not pinned."""
+    return {AFFINITY_ENV: ",".join(map(str, _unpinned))} if _unpinned else {}
+
+
+def cpu_affinity_restore() -> None:
+    """In a process started with `cpu_affinity_env()`: run on the CPUs its parent could run on before
+    being pinned. Call before starting any thread."""
+    value = os.environ.get(AFFINITY_ENV, "")
+    if value and hasattr(os, "sched_setaffinity"):
+        try:
+            os.sched_setaffinity(0, {int(cpu) for cpu in value.split(",")})
+        except (OSError, ValueError):
+            logger.warning("could not restore the CPU affinity %r; running on the parent's", value, exc_info=True)
+
+
+def _forget_claim_after_fork() -> None:
+    """A child forked from a pinned process (without exec) does not hold its parent's claim."""
+    global _claim
+    if _claim is not None:
+        _claim[4].close()
+        _claim = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_claim_after_fork)
 
 
 def _pin_at_first_request() -> None:
-    """Pin the worker (`cpu_pin`) at its first request, once, unless `WSGI_PIN_CPU` is off: in the worker,
-    whether the server imported the app there or in its master before forking (gunicorn's `--preload`)."""
-    global _pin_pending
+    """Pin the worker (`cpu_pin`) at its first request, once, if `cpu_pin_wanted()`: in the worker, whether
+    the server imported the app there or in its master before forking (gunicorn's `--preload`)."""
+    global _pin_pending, _next_rebalance
     with _PIN_LOCK:
         if not _pin_pending:
             return
@@ -141,7 +258,28 @@ def _pin_at_first_request() -> None:
             logger.warning("pinning the worker to a CPU failed; it runs unpinned", exc_info=True)
             return
         if cpu is not None:
+            _next_rebalance = time.monotonic() + REBALANCE_SECONDS
             logger.info("worker pinned to CPU %d", cpu, extra={"cpu": cpu})
+
+
+def _rebalance_now() -> None:
+    """`cpu_rebalance`, at most every REBALANCE_SECONDS, from the request path of a worker in a later round."""
+    global _next_rebalance
+    if not _PIN_LOCK.acquire(blocking=False):
+        return
+    try:
+        if time.monotonic() < _next_rebalance:
+            return
+        _next_rebalance = time.monotonic() + REBALANCE_SECONDS
+        try:
+            cpu = cpu_rebalance()
+        except OSError:
+            logger.warning("moving the worker to a free CPU failed; it stays where it is", exc_info=True)
+            return
+        if cpu is not None:
+            logger.info("worker moved to CPU %d", cpu, extra={"cpu": cpu})
+    finally:
+        _PIN_LOCK.release()
 
 
 def whole_responses(app: WSGIApp, *, pin: bool = False) -> WSGIApp:
@@ -158,11 +296,15 @@ def whole_responses(app: WSGIApp, *, pin: bool = False) -> WSGIApp:
     they are.
 
     With `pin` (the server's app, wallet/wsgi.py), the first request pins the worker to a CPU (`cpu_pin`,
-    `WSGI_PIN_CPU`)."""
+    `WSGI_PIN_CPU`), and a worker pinned in a later round looks for a free earlier claim every
+    REBALANCE_SECONDS (`cpu_rebalance`)."""
 
     def application(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        if pin and _pin_pending:
-            _pin_at_first_request()
+        if pin:
+            if _pin_pending:
+                _pin_at_first_request()
+            elif _claim is not None and _claim[3] and time.monotonic() >= _next_rebalance:
+                _rebalance_now()
         response = app(environ, start_response)
         if not isinstance(response, HttpResponse):
             return response

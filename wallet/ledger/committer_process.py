@@ -51,6 +51,7 @@ from django.conf import settings
 
 from tenants.models import Tenant
 from wallet.core.errors import ApiError, error_class
+from wallet.core.runtime import cpu_affinity_env, cpu_affinity_restore
 from wallet.idempotency.errors import OutcomeUnknown
 from wallet.ledger import groupcommit
 from wallet.ledger.groupcommit import GroupCommitter, Outcome, TransferJob, wait_seconds
@@ -282,7 +283,8 @@ def _start() -> _Host | None:
     fds = [their_jobs.fileno(), their_answers.fileno()]
     try:
         paths = [str(settings.BASE_DIR), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+        # Not pinned to its web worker's CPU (wallet/core/runtime.py `cpu_pin`): it is there to use another.
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths), **cpu_affinity_env()}
         env.setdefault("DJANGO_SETTINGS_MODULE", settings.SETTINGS_MODULE)
         proc = subprocess.Popen(  # noqa: S603 (our own module, with this interpreter)
             [sys.executable, "-c", _MAIN, *map(str, fds)],
@@ -449,6 +451,7 @@ def serve(jobs_fd: int, answers_fd: int) -> None:
     """The committer process: take jobs until the jobs socket ends, then commit and answer what is queued,
     and return."""
     global _answers
+    cpu_affinity_restore()  # before any thread: they inherit it
     # A terminal's ^C, or a stop of the whole group, reaches it too: it ends with its web server process.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
