@@ -161,8 +161,8 @@ def cpu_pin(group: str | None = None) -> int | None:
     Free to run on any core, its threads hand the GIL to each other across cores, and its holder is
     preempted by the other workers' threads and PostgreSQL while the worker's other threads wait for it.
     Pinned, a worker's threads hand the GIL over on their own core. On 2 cores with 2 granian workers x 32
-    threads, pinning raised `POST /api/v1/transfers` from ~750 to ~1,050 req/s and cut the CPU per request by
-    a quarter (docs/BENCHMARKS.md, bench-ledger, twelfth session)."""
+    threads, pinning raised `POST /api/v1/transfers` from 666-770 to 1,039-1,065 req/s in a same-run
+    comparison and cut the CPU per request by a quarter (docs/BENCHMARKS.md, bench-ledger, twelfth session)."""
     global _claim, _unpinned
     if sys.platform != "linux" or _claim is not None:
         return None if _claim is None else _claim[2]
