@@ -160,6 +160,15 @@ def test_cpu_claims_spread_over_the_cpus_then_wrap_and_free_with_their_socket() 
         assert claim(rounds=2) == (0, 0)
 
 
+def _end(process: subprocess.Popen[str]) -> None:
+    try:
+        process.communicate("", timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 _PIN_CODE = r"""
 import json, os, sys, threading
 from wallet.core import runtime
@@ -184,7 +193,8 @@ for line in sys.stdin:
         import subprocess
         out = subprocess.run([sys.executable, "-c", "import os; from wallet.core.runtime import cpu_affinity_restore; "
                               "cpu_affinity_restore(); print(sorted(os.sched_getaffinity(0)))"],
-                             env={**os.environ, **runtime.cpu_affinity_env()}, capture_output=True, text=True)
+                             env={**os.environ, **runtime.cpu_affinity_env()}, capture_output=True, text=True,
+                             timeout=60)
         print(json.dumps({"child_affinity": json.loads(out.stdout)}), flush=True)
 stop.set()
 """
@@ -210,9 +220,9 @@ def test_cpu_pin_pins_every_thread_and_the_threads_started_after_it() -> None:
         assert json.loads(first.stdout.readline()) == {"child_claim": None}
         assert json.loads(first.stdout.readline()) == {"child_affinity": cpus}
         third = _python(_PIN_CODE, group, input="")
-        assert json.loads(third.stdout)["first"] == cpus[1]  # the fork's copy of the claim died with it
+        assert json.loads(third.stdout)["first"] == cpus[1]  # the second process's claim ended with it
     finally:
-        first.communicate("", timeout=60)
+        _end(first)
 
 
 def test_a_worker_pinned_in_a_later_round_moves_to_a_claim_freed_before_it() -> None:
@@ -227,7 +237,7 @@ def test_a_worker_pinned_in_a_later_round_moves_to_a_claim_freed_before_it() -> 
                               stdout=subprocess.PIPE, text=True, env=_base_env())
     try:
         assert worker.stdin is not None and worker.stdout is not None
-        assert json.loads(worker.stdout.readline())["cpu"] == cpus[0]  # round 2, CPU 0
+        assert json.loads(worker.stdout.readline())["cpu"] == cpus[0]  # the second round (index 1), CPU 0
         worker.stdin.write("rebalance\n")
         worker.stdin.flush()
         assert json.loads(worker.stdout.readline())["moved"] is None  # nothing free before it yet
@@ -240,7 +250,7 @@ def test_a_worker_pinned_in_a_later_round_moves_to_a_claim_freed_before_it() -> 
         assert report["threads"] == [[cpus[1]]] * 3
         assert cpu_claim(group, cpus, rounds=1) is None  # it holds CPU 1's first-round claim now
     finally:
-        worker.communicate("", timeout=60)
+        _end(worker)
         for claim in held:
             if claim:
                 claim[2].close()
@@ -274,6 +284,8 @@ def test_auto_does_not_pin_under_a_cpu_quota_below_the_cpus(tmp_path: Any, monke
     import threading
 
     from wallet.core import runtime
+
+    monkeypatch.delenv("WSGI_PIN_CPU", raising=False)
 
     limits = tmp_path / "cpu.max"
     for text, quota in [("max 100000\n", None), ("150000 100000\n", 1.5), ("garbage", None)]:
@@ -314,3 +326,58 @@ def test_whole_responses_pins_nothing_unless_asked(monkeypatch: pytest.MonkeyPat
     assert calls == [True]  # the spy saw the pin that `pin=True` asks for (once)
     pinned_app({}, _start_response)
     assert calls == [True]
+
+
+def test_a_worker_in_a_later_round_looks_for_a_freed_claim_every_ten_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From the request path of `whole_responses(pin=True)`: only a worker pinned in a later round, and at
+    most every REBALANCE_SECONDS (`cpu_rebalance` is a spy: nothing is pinned here)."""
+    import socket
+
+    from wallet.core import runtime
+
+    calls: list[float] = []
+    now = [1000.0]
+    monkeypatch.setattr(runtime.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(runtime, "cpu_rebalance", lambda: calls.append(now[0]))
+    monkeypatch.setattr(runtime, "_pin_pending", False)
+    monkeypatch.setattr(runtime, "_next_rebalance", 1000.0 + runtime.REBALANCE_SECONDS)
+    app = whole_responses(lambda environ, start_response: HttpResponse(b""), pin=True)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as claim:
+        monkeypatch.setattr(runtime, "_claim", ("g", (0, 1), 0, 0, claim))  # a first-round claim
+        now[0] += 60
+        app({}, _start_response)
+        assert calls == []
+        monkeypatch.setattr(runtime, "_claim", ("g", (0, 1), 0, 1, claim))  # a later round
+        app({}, _start_response)
+        assert calls == [1060.0]
+        now[0] += runtime.REBALANCE_SECONDS - 1
+        app({}, _start_response)
+        assert calls == [1060.0]  # not before ten seconds
+        now[0] += 1
+        app({}, _start_response)
+        assert calls == [1060.0, 1060.0 + runtime.REBALANCE_SECONDS]
+
+
+def test_the_committer_process_starts_with_the_affinity_its_worker_had_before_its_pin(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`committer_process._start` passes the pre-pin affinity on, and its child restores it before
+    importing Django; a worker that was not pinned passes nothing on (not even a value it inherited)."""
+    from wallet.core import runtime
+    from wallet.ledger import committer_process
+
+    seen: list[dict[str, str]] = []
+
+    def popen(argv: list[str], **kwargs: Any) -> Any:
+        seen.append(kwargs["env"])
+        raise OSError("not started in this test")
+
+    monkeypatch.setattr(committer_process.subprocess, "Popen", popen)
+    monkeypatch.setattr(committer_process, "_start_after", 0.0)
+    monkeypatch.setattr(runtime, "_unpinned", (0, 1))
+    monkeypatch.setenv(runtime.AFFINITY_ENV, "7")
+    assert committer_process._start() is None
+    monkeypatch.setattr(runtime, "_unpinned", None)
+    assert committer_process._start() is None
+    assert [env[runtime.AFFINITY_ENV] for env in seen] == ["0,1", ""]
+    main = committer_process._MAIN
+    assert main.index("cpu_affinity_restore()") < main.index("import django")

@@ -74,8 +74,28 @@ def cpu_pin_wanted() -> bool:
     return quota is None or quota >= len(os.sched_getaffinity(0))
 
 
-def cgroup_cpu_quota(path: str = "/sys/fs/cgroup/cpu.max") -> float | None:
-    """The CPUs' worth of time the process's cgroup (v2) may use, or None without a quota (or a cgroup v2)."""
+def cgroup_cpu_quota(path: str | None = None) -> float | None:
+    """The CPUs' worth of time the process may use under cgroup v2 quotas (`cpu.max`): the smallest of its
+    own cgroup's and its parents', found from /proc/self/cgroup; or that of the one file `path`. None
+    without a quota, or without cgroup v2 (v1's quotas are not read)."""
+    paths = [path] if path else _cgroup_cpu_max_paths()
+    quotas = [quota for quota in map(_cpu_max, paths) if quota is not None]
+    return min(quotas) if quotas else None
+
+
+def _cgroup_cpu_max_paths(root: str = "/sys/fs/cgroup") -> list[str]:
+    try:
+        with open("/proc/self/cgroup") as groups:
+            own = next((line[3:].strip() for line in groups if line.startswith("0::")), None)
+    except OSError:
+        return []
+    if own is None:
+        return []
+    parts = [part for part in own.split("/") if part]
+    return [os.path.join(root, *parts[:depth], "cpu.max") for depth in range(len(parts), -1, -1)]
+
+
+def _cpu_max(path: str) -> float | None:
     try:
         with open(path) as limits:
             quota, period = limits.read().split()[:2]
@@ -206,6 +226,10 @@ def cpu_rebalance() -> int | None:
                 _set_affinity({target})
             except BaseException:
                 moved.close()
+                try:
+                    _set_affinity({_claim[2]})  # the threads already moved, back to the CPU it still claims
+                except OSError:
+                    logger.warning("could not undo a partial move", exc_info=True)
                 raise
             _claim = (group, allowed, target, earlier, moved)
             sock.close()
@@ -215,13 +239,15 @@ def cpu_rebalance() -> int | None:
 
 def cpu_affinity_env() -> dict[str, str]:
     """For a process this one starts that must not inherit its pin (the transfer committer process):
-    the affinity before `cpu_pin`, for `cpu_affinity_restore` in that process; empty if not pinned."""
-    return {AFFINITY_ENV: ",".join(map(str, _unpinned))} if _unpinned else {}
+    the affinity before `cpu_pin`, for `cpu_affinity_restore` in that process (empty if not pinned, which
+    also hides a value this process inherited)."""
+    return {AFFINITY_ENV: ",".join(map(str, _unpinned)) if _unpinned else ""}
 
 
 def cpu_affinity_restore() -> None:
     """In a process started with `cpu_affinity_env()`: run on the CPUs its parent could run on before
-    being pinned. Call before starting any thread."""
+    being pinned. Call before starting any thread (it sets the calling thread's; later ones inherit it);
+    the committer process does it before importing Django (`committer_process._MAIN`)."""
     value = os.environ.get(AFFINITY_ENV, "")
     if value and hasattr(os, "sched_setaffinity"):
         try:

@@ -51,7 +51,7 @@ from django.conf import settings
 
 from tenants.models import Tenant
 from wallet.core.errors import ApiError, error_class
-from wallet.core.runtime import cpu_affinity_env, cpu_affinity_restore
+from wallet.core.runtime import cpu_affinity_env
 from wallet.idempotency.errors import OutcomeUnknown
 from wallet.ledger import groupcommit
 from wallet.ledger.groupcommit import GroupCommitter, Outcome, TransferJob, wait_seconds
@@ -263,7 +263,9 @@ def _tell(told: list[tuple[Any, tuple[str, ...]]]) -> None:
 
 
 # The committer process's program: Django first, then the module (its models need the app registry).
-_MAIN = ("import sys, django; django.setup(); from wallet.ledger.committer_process import serve; "
+# The web worker's CPU affinity from before its pin first, before Django starts any thread (see `_start`).
+_MAIN = ("import sys; from wallet.core.runtime import cpu_affinity_restore; cpu_affinity_restore(); "
+         "import django; django.setup(); from wallet.ledger.committer_process import serve; "
          "serve(int(sys.argv[1]), int(sys.argv[2]))")
 
 _lock = threading.Lock()
@@ -451,7 +453,6 @@ def serve(jobs_fd: int, answers_fd: int) -> None:
     """The committer process: take jobs until the jobs socket ends, then commit and answer what is queued,
     and return."""
     global _answers
-    cpu_affinity_restore()  # before any thread: they inherit it
     # A terminal's ^C, or a stop of the whole group, reaches it too: it ends with its web server process.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
