@@ -178,7 +178,7 @@ cpu = runtime.cpu_pin(group=sys.argv[1])
 after = threading.Thread(target=stop.wait); after.start()
 threads = (threading.main_thread(), before, after)
 def report(**extra):
-    print(json.dumps({"cpu": runtime._claim[2] if runtime._claim else None,
+    print(json.dumps({"cpu": runtime._claim.cpu if runtime._claim else None,
                       "threads": [sorted(os.sched_getaffinity(t.native_id)) for t in threads], **extra}), flush=True)
 report(first=cpu)
 for line in sys.stdin:
@@ -343,11 +343,11 @@ def test_a_worker_in_a_later_round_looks_for_a_freed_claim_every_ten_seconds(mon
     monkeypatch.setattr(runtime, "_next_rebalance", 1000.0 + runtime.REBALANCE_SECONDS)
     app = whole_responses(lambda environ, start_response: HttpResponse(b""), pin=True)
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as claim:
-        monkeypatch.setattr(runtime, "_claim", ("g", (0, 1), 0, 0, claim))  # a first-round claim
+        monkeypatch.setattr(runtime, "_claim", runtime._Claim("g", (0, 1), 0, 0, claim))  # a first-round claim
         now[0] += 60
         app({}, _start_response)
         assert calls == []
-        monkeypatch.setattr(runtime, "_claim", ("g", (0, 1), 0, 1, claim))  # a later round
+        monkeypatch.setattr(runtime, "_claim", runtime._Claim("g", (0, 1), 0, 1, claim))  # a later round
         app({}, _start_response)
         assert calls == [1060.0]
         now[0] += runtime.REBALANCE_SECONDS - 1
@@ -362,6 +362,8 @@ def test_the_committer_process_starts_with_the_affinity_its_worker_had_before_it
         monkeypatch: pytest.MonkeyPatch) -> None:
     """`committer_process._start` passes the pre-pin affinity on, and its child restores it before
     importing Django; a worker that was not pinned passes nothing on (not even a value it inherited)."""
+    import socket
+
     from wallet.core import runtime
     from wallet.ledger import committer_process
 
@@ -373,11 +375,47 @@ def test_the_committer_process_starts_with_the_affinity_its_worker_had_before_it
 
     monkeypatch.setattr(committer_process.subprocess, "Popen", popen)
     monkeypatch.setattr(committer_process, "_start_after", 0.0)
-    monkeypatch.setattr(runtime, "_unpinned", (0, 1))
     monkeypatch.setenv(runtime.AFFINITY_ENV, "7")
-    assert committer_process._start() is None
-    monkeypatch.setattr(runtime, "_unpinned", None)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as claim:
+        monkeypatch.setattr(runtime, "_claim", runtime._Claim("g", (0, 1), 1, 0, claim))  # pinned to CPU 1
+        assert committer_process._start() is None
+    monkeypatch.setattr(runtime, "_claim", None)
     assert committer_process._start() is None
     assert [env[runtime.AFFINITY_ENV] for env in seen] == ["0,1", ""]
     main = committer_process._MAIN
     assert main.index("cpu_affinity_restore()") < main.index("import django")
+
+
+def test_a_pin_that_fails_midway_puts_the_threads_back_and_frees_its_claim(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`cpu_pin` when a thread's affinity cannot be set (a seccomp filter, say): the error reaches the caller,
+    the threads already moved go back to every CPU they had, and the CPU is free for another worker.
+    (`_set_affinity` is replaced: nothing is pinned here.)"""
+    from wallet.core import runtime
+
+    cpus = _two_cpus()
+    calls: list[set[int]] = []
+
+    def set_affinity(wanted: set[int]) -> None:
+        calls.append(wanted)
+        if len(calls) == 1:
+            raise PermissionError("not allowed")
+
+    monkeypatch.setattr(runtime, "_set_affinity", set_affinity)
+    monkeypatch.setattr(runtime, "_claim", None)
+    group = f"test-{secrets.token_hex(4)}"
+    with pytest.raises(PermissionError):
+        runtime.cpu_pin(group=group)
+    assert calls == [{cpus[0]}, set(cpus)]
+    assert runtime._claim is None
+    again = runtime.cpu_claim(group, cpus)
+    assert again is not None and again[0] == cpus[0]  # its claim was released
+    again[2].close()
+
+
+def test_a_claim_that_cannot_be_bound_for_another_reason_than_being_taken_raises() -> None:
+    from wallet.core.runtime import cpu_claim
+
+    if sys.platform != "linux":
+        pytest.skip("claims are names in Linux's abstract socket namespace")
+    with pytest.raises(OSError, match="too long"):
+        cpu_claim("x" * 200, [0, 1])  # longer than a socket address may be: not mistaken for a taken claim

@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.http import HttpResponse
 
@@ -109,10 +109,17 @@ def _cpu_max(path: str) -> float | None:
         return None
 
 
-# The CPU claim of this process (see `cpu_claim`): (group, CPUs, CPU, round, socket), held for its life.
-_claim: tuple[str, tuple[int, ...], int, int, socket.socket] | None = None
-# The affinity before `cpu_pin`, for the processes it starts that should not be pinned (`cpu_affinity_env`).
-_unpinned: tuple[int, ...] | None = None
+class _Claim(NamedTuple):
+    """This process's CPU claim (see `cpu_claim`), held for its life."""
+
+    group: str
+    cpus: tuple[int, ...]  # those it could run on before it was pinned
+    cpu: int
+    round: int
+    socket: socket.socket
+
+
+_claim: _Claim | None = None
 _PIN_LOCK = threading.Lock()
 _pin_pending = True
 _next_rebalance = 0.0
@@ -183,9 +190,9 @@ def cpu_pin(group: str | None = None) -> int | None:
     Pinned, a worker's threads hand the GIL over on their own core. On 2 cores with 2 granian workers x 32
     threads, pinning raised `POST /api/v1/transfers` from 666-770 to 1,039-1,065 req/s in a same-run
     comparison and cut the CPU per request by a quarter (docs/BENCHMARKS.md, bench-ledger, twelfth session)."""
-    global _claim, _unpinned
+    global _claim
     if sys.platform != "linux" or _claim is not None:
-        return None if _claim is None else _claim[2]
+        return None if _claim is None else _claim.cpu
     allowed = tuple(sorted(os.sched_getaffinity(0)))
     if len(allowed) < 2:
         return None
@@ -194,17 +201,23 @@ def cpu_pin(group: str | None = None) -> int | None:
     if claimed is None:
         return None
     cpu, round_, sock = claimed
+    _move(sock, cpu, undo=set(allowed))
+    _claim = _Claim(group, allowed, cpu, round_, sock)
+    return cpu
+
+
+def _move(claim: socket.socket, cpu: int, undo: set[int]) -> None:
+    """Set every thread's affinity to `cpu`, the CPU `claim` holds; if that fails, close the claim, put the
+    threads already moved back on `undo`, and raise."""
     try:
         _set_affinity({cpu})
     except BaseException:
-        sock.close()
+        claim.close()
         try:
-            _set_affinity(set(allowed))  # the threads already set, back as they were
+            _set_affinity(undo)
         except OSError:
-            logger.warning("could not undo a partial pin", exc_info=True)
+            logger.warning("could not undo a partial move to CPU %d", cpu, exc_info=True)
         raise
-    _claim, _unpinned = (group, allowed, cpu, round_, sock), allowed
-    return cpu
 
 
 def cpu_rebalance() -> int | None:
@@ -214,25 +227,16 @@ def cpu_rebalance() -> int | None:
     predecessors free theirs: without this, two could stay on one CPU and leave another without any. Two
     processes that try the same free claim: one binds it, the other stays."""
     global _claim
-    if _claim is None or _claim[3] == 0:
+    if _claim is None or _claim.round == 0:
         return None
-    group, allowed, _, round_, sock = _claim
-    for earlier in range(round_):
-        for target in allowed:
-            moved = _bind(_claim_name(group, earlier, target))
+    for earlier in range(_claim.round):
+        for target in _claim.cpus:
+            moved = _bind(_claim_name(_claim.group, earlier, target))
             if moved is None:
                 continue
-            try:
-                _set_affinity({target})
-            except BaseException:
-                moved.close()
-                try:
-                    _set_affinity({_claim[2]})  # the threads already moved, back to the CPU it still claims
-                except OSError:
-                    logger.warning("could not undo a partial move", exc_info=True)
-                raise
-            _claim = (group, allowed, target, earlier, moved)
-            sock.close()
+            _move(moved, target, undo={_claim.cpu})  # on failure, back to the CPU it still claims
+            _claim.socket.close()
+            _claim = _claim._replace(cpu=target, round=earlier, socket=moved)
             return target
     return None
 
@@ -241,7 +245,7 @@ def cpu_affinity_env() -> dict[str, str]:
     """For a process this one starts that must not inherit its pin (the transfer committer process):
     the affinity before `cpu_pin`, for `cpu_affinity_restore` in that process (empty if not pinned, which
     also hides a value this process inherited)."""
-    return {AFFINITY_ENV: ",".join(map(str, _unpinned)) if _unpinned else ""}
+    return {AFFINITY_ENV: ",".join(map(str, _claim.cpus)) if _claim else ""}
 
 
 def cpu_affinity_restore() -> None:
@@ -260,7 +264,7 @@ def _forget_claim_after_fork() -> None:
     """A child forked from a pinned process (without exec) does not hold its parent's claim."""
     global _claim
     if _claim is not None:
-        _claim[4].close()
+        _claim.socket.close()
         _claim = None
 
 
@@ -271,41 +275,37 @@ if hasattr(os, "register_at_fork"):
 def _pin_at_first_request() -> None:
     """Pin the worker (`cpu_pin`) at its first request, once, if `cpu_pin_wanted()`: in the worker, whether
     the server imported the app there or in its master before forking (gunicorn's `--preload`)."""
-    global _pin_pending, _next_rebalance
+    global _pin_pending
     with _PIN_LOCK:
-        if not _pin_pending:
-            return
-        _pin_pending = False
-        if not cpu_pin_wanted():
-            return
-        try:
-            cpu = cpu_pin()
-        except OSError:
-            logger.warning("pinning the worker to a CPU failed; it runs unpinned", exc_info=True)
-            return
-        if cpu is not None:
-            _next_rebalance = time.monotonic() + REBALANCE_SECONDS
-            logger.info("worker pinned to CPU %d", cpu, extra={"cpu": cpu})
+        if _pin_pending:
+            _pin_pending = False
+            if cpu_pin_wanted():
+                _logged(cpu_pin, "pinned to", "pinning the worker to a CPU failed; it runs unpinned")
 
 
 def _rebalance_now() -> None:
     """`cpu_rebalance`, at most every REBALANCE_SECONDS, from the request path of a worker in a later round."""
-    global _next_rebalance
     if not _PIN_LOCK.acquire(blocking=False):
         return
     try:
-        if time.monotonic() < _next_rebalance:
-            return
-        _next_rebalance = time.monotonic() + REBALANCE_SECONDS
-        try:
-            cpu = cpu_rebalance()
-        except OSError:
-            logger.warning("moving the worker to a free CPU failed; it stays where it is", exc_info=True)
-            return
-        if cpu is not None:
-            logger.info("worker moved to CPU %d", cpu, extra={"cpu": cpu})
+        if time.monotonic() >= _next_rebalance:
+            _logged(cpu_rebalance, "moved to", "moving the worker to a free CPU failed; it stays where it is")
     finally:
         _PIN_LOCK.release()
+
+
+def _logged(action: Callable[[], int | None], done: str, failed: str) -> None:
+    """With _PIN_LOCK held: run `action` (`cpu_pin` or `cpu_rebalance`), log what it did, and set the time of
+    the next `cpu_rebalance`."""
+    global _next_rebalance
+    _next_rebalance = time.monotonic() + REBALANCE_SECONDS
+    try:
+        cpu = action()
+    except OSError:
+        logger.warning(failed, exc_info=True)
+        return
+    if cpu is not None:
+        logger.info("worker %s CPU %d", done, cpu, extra={"cpu": cpu})
 
 
 def whole_responses(app: WSGIApp, *, pin: bool = False) -> WSGIApp:
@@ -329,7 +329,7 @@ def whole_responses(app: WSGIApp, *, pin: bool = False) -> WSGIApp:
         if pin:
             if _pin_pending:
                 _pin_at_first_request()
-            elif _claim is not None and _claim[3] and time.monotonic() >= _next_rebalance:
+            elif _claim is not None and _claim.round and time.monotonic() >= _next_rebalance:
                 _rebalance_now()
         response = app(environ, start_response)
         if not isinstance(response, HttpResponse):
